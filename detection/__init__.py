@@ -1,0 +1,1 @@
+"""Synthetic-speech detectors: features, models and ASVspoof-style metrics (a leaf package)."""

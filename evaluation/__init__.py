@@ -1,0 +1,1 @@
+"""Scorers (WER, speaker similarity, loops, quality, voice-auth bypass) and run pipelines."""

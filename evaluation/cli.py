@@ -1,0 +1,45 @@
+"""The `valle` command. It sits on top of every package, so it lives here in ``evaluation``
+(the package that may import all the others) and gathers each package's subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from valle import __version__
+
+EXPECTED_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from evaluation import smoke
+    from valle.codec import cli as codec_cli
+    from valle.corpus import cli as corpus_cli
+
+    parser = argparse.ArgumentParser(
+        prog="valle",
+        description="VALL-E generator with evaluation, detection, watermarking and audit harnesses.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    smoke.add_parser(sub)
+    corpus_cli.add_parser(sub)
+    codec_cli.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except EXPECTED_ERRORS as err:
+        # bad input: one clear line, no traceback, non-zero exit for scripts
+        print(f"valle {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"valle {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

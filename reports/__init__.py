@@ -1,0 +1,1 @@
+"""Scorecards rendered from result tables; imports none of the model packages."""

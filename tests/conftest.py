@@ -1,0 +1,33 @@
+"""Shared fixtures. Tests run real libraries on small real inputs; nothing downloads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REAL_SPEECH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real_speech"
+
+
+@pytest.fixture(scope="session")
+def real_speech_dir() -> Path:
+    """``../shared/data/real_speech`` (real read English speech); skip when it is absent."""
+    if not (REAL_SPEECH / "manifest.jsonl").is_file():
+        pytest.skip(f"real speech set not found at {REAL_SPEECH}")
+    return REAL_SPEECH
+
+
+@pytest.fixture(scope="session")
+def real_speech_rows(real_speech_dir: Path) -> list[dict]:
+    with open(real_speech_dir / "manifest.jsonl") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def tone(seconds: float = 1.0, sr: int = 24000, freq: float = 220.0, amp: float = 0.3) -> np.ndarray:
+    """A harmonic tone with a little noise: a small stand-in signal with speech-like spectrum."""
+    t = np.arange(int(seconds * sr)) / sr
+    wav = sum(amp / k * np.sin(2 * np.pi * freq * k * t) for k in range(1, 6))
+    rng = np.random.default_rng(0)
+    return (wav + 0.01 * rng.standard_normal(t.shape)).astype(np.float32)

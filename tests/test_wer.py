@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import jiwer
+import pytest
+
+from evaluation.asr import FasterWhisperASR
+from evaluation.wer import normalize, utterance_wer, word_error_rate
+from valle.audio import load_audio
+
+
+def test_normalisation_makes_spelling_variants_agree():
+    assert normalize("Mr. Smith's 2 cats!") == normalize("mister smith's two cats")
+    assert utterance_wer("Hello, World.", "hello world") == 0.0
+
+
+def test_corpus_wer_equals_jiwer_on_normalised_strings():
+    refs = ["the cat sat on the mat", "a quick brown fox", "hello there general kenobi"]
+    hyps = ["the cat sat on mat", "a quick brown fox jumps", "hello their general"]
+    ours = word_error_rate(refs, hyps)
+    expected = jiwer.wer([normalize(r) for r in refs], [normalize(h) for h in hyps])
+    assert ours.wer == pytest.approx(expected)
+    assert (ours.deletions, ours.insertions) == (2, 1) and ours.substitutions == 1
+    # mean per-utterance WER weights short utterances more: here it differs from corpus WER
+    assert ours.mean_utterance_wer == pytest.approx((1 / 6 + 1 / 4 + 2 / 4) / 3)
+
+
+def test_empty_hypothesis_counts_all_deletions_and_empty_reference_is_an_error():
+    out = word_error_rate(["the cat sat"], [""])
+    assert out.wer == 1.0 and out.deletions == 3
+    with pytest.raises(ValueError, match="reference 0"):
+        word_error_rate(["!?,"], ["x"])
+    with pytest.raises(ValueError, match="2 references but 1"):
+        word_error_rate(["a", "b"], ["a"])
+
+
+def test_bundled_whisper_transcribes_real_speech(real_speech_dir, real_speech_rows):
+    asr = FasterWhisperASR()
+    rows = [r for r in real_speech_rows if r["id"] in ("vctk_p225_002", "ljspeech_LJ001-0003")]
+    refs, hyps = [], []
+    for r in rows:
+        wav, sr = load_audio(real_speech_dir / r["audio"])
+        refs.append(r["text"])
+        hyps.append(asr.transcribe(wav, sr).text)
+    assert word_error_rate(refs, hyps).wer < 0.1
+    # a fixed seed makes the decode repeatable, fallbacks included
+    wav, sr = load_audio(real_speech_dir / rows[0]["audio"])
+    assert asr.transcribe(wav, sr).text == hyps[rows.index(rows[0])]

@@ -1,0 +1,1 @@
+"""Watermark backends, keyed payloads, signed provenance and the attack bank (a leaf package)."""
