@@ -8,6 +8,7 @@ first (as phonemizer's ``EspeakAPI`` does): the two users then never share globa
 
 from __future__ import annotations
 
+import _ctypes
 import ctypes
 import shutil
 import tempfile
@@ -45,6 +46,11 @@ class EspeakSynth:
 
     ``synthesize(text, voice, rate, pitch, pitch_range)`` returns ``(wav float32 [T], sr)``.
     A lock serialises calls because the C library is not re-entrant.
+
+    eSpeak carries some synthesis state from one utterance to the next (``espeak_Terminate``,
+    re-initialising and ``espeak_ng_SetRandSeed`` do not reset it; output drifts by a few ms),
+    so audio is reproducible per instance: a fresh instance given the same calls in the same
+    order produces identical samples. ``close()`` unloads the copy and its state.
     """
 
     def __init__(self, library: str | Path | None = None, data_path: str | Path | None = None):
@@ -70,6 +76,11 @@ class EspeakSynth:
         )
         if self.sample_rate <= 0:
             raise EspeakError(f"{library}: espeak_Initialize failed with data path {data_path}")
+        # espeak_SetVoiceByName ignores an unknown "+variant" silently, so check it ourselves.
+        variant_dir = data_path / "voices" / "!v"
+        self.variants = (
+            frozenset(p.name for p in variant_dir.iterdir()) if variant_dir.is_dir() else frozenset()
+        )
         self._chunks: list[np.ndarray] = []
         # Keep a reference: ctypes frees the trampoline when the Python object dies.
         self._callback = _SYNTH_CALLBACK(self._on_audio)
@@ -124,6 +135,11 @@ class EspeakSynth:
         for name, value in (("pitch", pitch), ("pitch_range", pitch_range)):
             if not 0 <= value <= 100:
                 raise EspeakError(f"voice {voice!r}: {name} {value} outside 0-100")
+        variant = voice.partition("+")[2]
+        if variant and variant not in self.variants:
+            raise EspeakError(f"eSpeak NG has no voice variant {variant!r} (in {voice!r})")
+        if self._lib is None:
+            raise EspeakError("this EspeakSynth was closed")
         data = text.encode("utf-8")
         with self._lock:
             if self._lib.espeak_SetVoiceByName(voice.encode()) != EE_OK:
@@ -143,8 +159,16 @@ class EspeakSynth:
         return wav, self.sample_rate
 
     def close(self) -> None:
-        """Free eSpeak's buffers; the private copy is deleted when the object is collected."""
-        lib = getattr(self, "_lib", None)
+        """Free eSpeak and unload this private copy of the library (its state goes with it)."""
+        lib, self._lib = getattr(self, "_lib", None), None
         if lib is not None:
-            lib.espeak_Terminate()
-            self._lib = None
+            with self._lock:
+                lib.espeak_Terminate()
+                _ctypes.dlclose(lib._handle)
+        _cleanup(self._tempdir)
+
+    def __enter__(self) -> EspeakSynth:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

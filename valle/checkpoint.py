@@ -1,0 +1,173 @@
+"""VALL-E checkpoints: ``model.safetensors`` + ``config.json``; loading never unpickles.
+
+``config.json`` holds everything needed to rebuild and trust the model: the format tag and version,
+the model config, the phoneme symbol table, the codec card (so codes are never decoded by the
+wrong codec), the training step, and the sha256 of the weights file, which is verified on load.
+Optimizer state for resuming lives beside it in ``optimizer.pt`` (tensors and numbers only, read
+with ``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from valle.codec.base import CodecCard, sha256_file
+from valle.model import VALLE, VALLEConfig
+from valle.phonemes import SymbolTable
+
+FORMAT = "valle-checkpoint"
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+OPTIMIZER = "optimizer.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, tampered with, from another version, or inconsistent."""
+
+
+@dataclass
+class Checkpoint:
+    model: VALLE
+    config: VALLEConfig
+    symbols: SymbolTable
+    codec: CodecCard
+    step: int
+    weights_sha256: str
+    path: Path
+    extra: dict = field(default_factory=dict)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(
+    directory: str | Path,
+    model: VALLE,
+    symbols: SymbolTable,
+    codec: CodecCard,
+    step: int,
+    optimizer_state: dict | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Write weights, then config (which names the weights' sha256), each atomically."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = directory / WEIGHTS
+    tmp = directory / f".{WEIGHTS}.partial"
+    # tied NAR heads share storage with embeddings; safetensors refuses shared tensors, so the
+    # state dict is de-duplicated here and the ties are restored by the constructor on load
+    state = {
+        k: v.detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+        if not _is_tied_head(k, model.cfg)
+    }
+    save_file(state, str(tmp), metadata={"format": FORMAT, "version": str(FORMAT_VERSION)})
+    os.replace(tmp, weights)
+    meta = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "model": model.cfg.to_json(),
+        "symbols": symbols.to_json(),
+        "codec": codec.to_json(),
+        "step": int(step),
+        "weights_sha256": sha256_file(weights),
+        "extra": extra or {},
+    }
+    if optimizer_state is not None:
+        tmp_opt = directory / f".{OPTIMIZER}.partial"
+        torch.save(optimizer_state, tmp_opt)
+        os.replace(tmp_opt, directory / OPTIMIZER)
+    _atomic_write_text(directory / CONFIG, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    return directory
+
+
+def _is_tied_head(key: str, cfg: VALLEConfig) -> bool:
+    # nar.heads.{i}.weight for i < n_codebooks - 2 is audio_embs[i + 2].weight (see NARModel)
+    parts = key.split(".")
+    return (
+        len(parts) == 4
+        and parts[:2] == ["nar", "heads"]
+        and parts[3] == "weight"
+        and int(parts[2]) < cfg.n_codebooks - 2
+    )
+
+
+def read_config(directory: str | Path) -> dict:
+    directory = Path(directory)
+    path = directory / CONFIG
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: not a checkpoint ({CONFIG} not found)")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: invalid JSON ({err})") from err
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: format is {meta.get('format')!r}, expected {FORMAT!r}")
+    if meta.get("version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {meta.get('version')!r}; this code reads {FORMAT_VERSION}"
+        )
+    for key in ("model", "symbols", "codec", "step", "weights_sha256"):
+        if key not in meta:
+            raise CheckpointError(f"{path}: missing field {key!r}")
+    return meta
+
+
+def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """Rebuild the model from ``config.json`` and load verified weights (no pickle involved)."""
+    directory = Path(directory)
+    meta = read_config(directory)
+    weights = directory / WEIGHTS
+    if not weights.is_file():
+        raise CheckpointError(f"{directory}: {WEIGHTS} not found")
+    actual = sha256_file(weights)
+    if actual != meta["weights_sha256"]:
+        raise CheckpointError(
+            f"{weights}: sha256 {actual} does not match {meta['weights_sha256']} recorded in {CONFIG} "
+            "(weights modified or from another checkpoint)"
+        )
+    try:
+        cfg = VALLEConfig(**meta["model"])
+        symbols = SymbolTable.from_json(meta["symbols"])
+        codec = CodecCard.from_json(meta["codec"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{directory / CONFIG}: inconsistent config ({err})") from err
+    if len(symbols) != cfg.n_phonemes:
+        raise CheckpointError(
+            f"{directory / CONFIG}: symbol table has {len(symbols)} entries, model expects {cfg.n_phonemes}"
+        )
+    if (codec.n_codebooks, codec.codebook_size) != (cfg.n_codebooks, cfg.codebook_size):
+        raise CheckpointError(f"{directory / CONFIG}: codec card {codec} does not match the model config")
+    model = VALLE(cfg)
+    state = load_file(str(weights))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not _is_tied_head(k, cfg)]
+    if missing or unexpected:
+        raise CheckpointError(f"{weights}: missing tensors {missing[:5]}, unexpected {unexpected[:5]}")
+    return Checkpoint(
+        model=model.to(device).eval(),
+        config=cfg,
+        symbols=symbols,
+        codec=codec,
+        step=int(meta["step"]),
+        weights_sha256=actual,
+        path=directory,
+        extra=meta.get("extra", {}),
+    )
+
+
+def load_optimizer_state(directory: str | Path) -> dict | None:
+    path = Path(directory) / OPTIMIZER
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,557 @@
+"""VALL-E inference: batched AR decoding of codebook 1 (with a KV cache), then 7 NAR stages.
+
+Sequence layout of the AR for a batch (per row i, padded to the batch's longest text and prompt):
+
+    [ x_i  pad ... | <bos>  c~_i  pad ... | c_1  c_2  ... ]      positions restart per segment
+      0 .. Lx-1      Lx    Lx+1 ..          Lx+1+Tp ..
+
+Padding is excluded through key-padding masks, so the gap between a short prompt and the generated
+tokens costs nothing but compute; generated token k of row i sits at audio position Tp_i + 1 + k,
+exactly where teacher forcing put it. Rows that finish (``<eos>`` or their length cap) are dropped
+from the batch and from the cache, so they stop costing compute.
+
+Both evaluation modes of VALL-E reduce to "continue codebook 1 after a prompt":
+cross-sentence (text = prompt transcript + word boundary + target text, prompt = another utterance
+of the speaker) and continuation (text = the full transcript, prompt = its first 3 s). Helpers
+:func:`cross_sentence_inputs` and :func:`continuation_inputs` build the inputs of either mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from valle.model import (
+    VALLE,
+    ARModel,
+    KVCache,
+    NARModel,
+    ar_attention_mask,
+    lengths_to_mask,
+    segment_positions,
+)
+from valle.sampling import SamplingOptions, categorical, draw_uniforms, filter_logits, sample_tokens
+
+__all__ = [
+    "STOP_REASONS",
+    "ARResult",
+    "GenerationError",
+    "GenerationOptions",
+    "GenerationOutput",
+    "PromptedText",
+    "ar_generate",
+    "continuation_inputs",
+    "cross_sentence_inputs",
+    "expected_frames",
+    "generate",
+    "max_new_frames",
+    "nar_generate",
+]
+
+STOP_REASONS = ("eos", "max_length")
+
+
+class GenerationError(ValueError):
+    """Invalid generation input: the message names the item and the field."""
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    max_seconds: float = 20.0  # hard cap on generated audio
+    max_length_ratio: float = 2.5  # cap = min(max_seconds * frame_rate, ratio * expected frames)
+    seed: int = 0  # item i of a call uses seed + i unless seeds are given
+    use_kv_cache: bool = True  # False = full recompute every step (reference and benchmark only)
+    nar_greedy: bool = True
+    min_frames: int = 1  # <eos> is masked until this many frames exist (the codec cannot decode 0)
+    bf16: bool = False  # run the transformers under bfloat16 autocast (meant for CUDA)
+
+    def __post_init__(self) -> None:
+        if not self.max_seconds > 0:
+            raise ValueError(f"GenerationOptions.max_seconds must be > 0, got {self.max_seconds}")
+        if not self.max_length_ratio > 0:
+            raise ValueError(f"GenerationOptions.max_length_ratio must be > 0, got {self.max_length_ratio}")
+        if self.min_frames < 1:
+            raise ValueError(f"GenerationOptions.min_frames must be >= 1, got {self.min_frames}")
+
+
+class ARResult(NamedTuple):
+    codes1: torch.Tensor  # [T] long, codebook 1 of the target (no <eos>)
+    stop_reason: str  # "eos" | "max_length"
+    resampled_count: int  # steps where repetition-aware sampling replaced the nucleus draw
+    logits: torch.Tensor | None = None  # [steps, V] raw AR logits of every step (return_logits=True)
+
+
+@dataclass(frozen=True)
+class GenerationOutput:
+    codes: torch.Tensor  # [T, n_codebooks] long, on the CPU
+    stop_reason: str
+    n_frames: int
+    seed: int
+    resampled_count: int
+
+
+@dataclass(frozen=True)
+class PromptedText:
+    """One generation request: the AR text, the acoustic prompt and how many text ids it covers."""
+
+    text_ids: list[int]
+    prompt_codes: torch.Tensor  # [Tp, n_codebooks]
+    prompt_phonemes: int  # leading entries of text_ids spoken in the prompt
+
+
+def cross_sentence_inputs(
+    prompt_text_ids: Sequence[int], target_text_ids: Sequence[int], prompt_codes: torch.Tensor, word_id: int
+) -> PromptedText:
+    """Cross-sentence mode: text = prompt transcript + word boundary + target; the boundary is
+    counted with the prompt (it is spoken, as a pause, before the target starts)."""
+    text = [*prompt_text_ids, word_id, *target_text_ids]
+    return PromptedText(text, prompt_codes, len(prompt_text_ids) + 1)
+
+
+def continuation_inputs(
+    text_ids: Sequence[int], codes: torch.Tensor, frame_rate: float = 75.0, prompt_seconds: float = 3.0
+) -> PromptedText:
+    """Continuation mode: the prompt is the first ``prompt_seconds`` of the utterance ``codes`` [T, Q],
+    the text its full transcript. Which phonemes the prompt covers is unknown without an alignment,
+    so it is estimated in proportion to duration (only the length cap depends on it)."""
+    n_prompt = round(prompt_seconds * frame_rate)
+    if codes.dim() != 2 or codes.shape[0] <= n_prompt:
+        raise GenerationError(
+            f"continuation: utterance codes {tuple(codes.shape)} must be [T, Q] with T > {n_prompt} "
+            f"({prompt_seconds} s prompt at {frame_rate} Hz)"
+        )
+    if len(text_ids) < 2:
+        raise GenerationError(f"continuation: transcript has {len(text_ids)} phonemes, need >= 2")
+    covered = round(len(text_ids) * n_prompt / codes.shape[0])
+    return PromptedText(list(text_ids), codes[:n_prompt], min(max(covered, 1), len(text_ids) - 1))
+
+
+def expected_frames(prompt_frames: int, prompt_phonemes: int, target_phonemes: int) -> float:
+    """Target length at the prompt's speaking rate: (prompt frames / prompt phonemes) * target phonemes."""
+    return prompt_frames / prompt_phonemes * target_phonemes
+
+
+def max_new_frames(
+    prompt_frames: int,
+    prompt_phonemes: int,
+    target_phonemes: int,
+    options: GenerationOptions,
+    frame_rate: float,
+) -> int:
+    """min(max_seconds * frame_rate, max_length_ratio * expected frames), at least 1."""
+    expected = expected_frames(prompt_frames, prompt_phonemes, target_phonemes)
+    cap = min(options.max_seconds * frame_rate, options.max_length_ratio * expected)
+    return max(1, math.floor(cap))
+
+
+# ----------------------------------------------------------------------------------------------
+# AR decoding
+
+
+class _FullDecoder:
+    """Recomputes the whole sequence at every step (the reference the KV cache must match)."""
+
+    def __init__(self, ar: ARModel, text, text_lens, prompt, prompt_lens) -> None:
+        self.ar, self.text, self.prompt_lens = ar, text, prompt_lens
+        self.cache: KVCache | None = None
+        B, Tp = prompt.shape
+        self.text_valid = lengths_to_mask(text_lens, text.shape[1])
+        self.prefix_valid = lengths_to_mask(prompt_lens + 1, Tp + 1)  # <bos> + prompt
+        bos = torch.full((B, 1), ar.cfg.bos, dtype=torch.long, device=prompt.device)
+        self.prefix = torch.cat([bos, prompt], dim=1).masked_fill(~self.prefix_valid, 0)  # [B, 1+Tp]
+
+    def _rows(self) -> torch.Tensor:
+        return torch.arange(self.text.shape[0], device=self.text.device)
+
+    def select(self, keep: torch.Tensor) -> None:
+        self.text, self.text_valid = self.text[keep], self.text_valid[keep]
+        self.prefix, self.prefix_valid, self.prompt_lens = (
+            self.prefix[keep],
+            self.prefix_valid[keep],
+            self.prompt_lens[keep],
+        )
+
+    def _forward(self, generated: torch.Tensor | None, cache: KVCache | None = None) -> torch.Tensor:
+        ar = self.ar
+        tokens, positions, valid = self.prefix, segment_positions(self.prefix), self.prefix_valid
+        if generated is not None:
+            n = generated.shape[1]
+            gen_pos = self.prompt_lens[:, None] + 1 + torch.arange(n, device=generated.device)
+            tokens = torch.cat([tokens, generated], dim=1)
+            positions = torch.cat([positions, gen_pos], dim=1)
+            valid = torch.cat([valid, torch.ones_like(generated, dtype=torch.bool)], dim=1)
+        h = torch.cat([ar.embed_text(self.text), ar.embed_audio(tokens, positions)], dim=1)
+        return ar.run(h, ar_attention_mask(self.text_valid, valid), cache)
+
+    def first(self) -> torch.Tensor:
+        """Logits [B, V] for the first new token: read at each row's last prompt token."""
+        logits = self._forward(None, self.cache)  # with a cache: the prefill pass
+        return logits[self._rows(), self.text.shape[1] + self.prompt_lens]
+
+    def feed(self, generated: torch.Tensor) -> torch.Tensor:
+        """generated [B, s] (all tokens so far) -> logits [B, V] for token s."""
+        return self._forward(generated)[:, -1]
+
+
+class _CachedDecoder(_FullDecoder):
+    """One prefill pass over [text ; <bos> ; prompt] fills the KV cache, then one token per step."""
+
+    def __init__(
+        self, ar: ARModel, text, text_lens, prompt, prompt_lens, max_steps: int, dtype: torch.dtype
+    ) -> None:
+        super().__init__(ar, text, text_lens, prompt, prompt_lens)
+        cfg = ar.cfg
+        B = text.shape[0]
+        prefix_len = text.shape[1] + self.prefix.shape[1]
+        max_len = prefix_len + max_steps
+        like = torch.empty(0, dtype=dtype, device=text.device)
+        self.cache = KVCache(cfg.n_layers, B, cfg.n_heads, max_len, cfg.d_model // cfg.n_heads, like)
+        self.key_valid = torch.zeros(B, max_len, dtype=torch.bool, device=text.device)
+        self.key_valid[:, :prefix_len] = torch.cat([self.text_valid, self.prefix_valid], dim=1)
+
+    def select(self, keep: torch.Tensor) -> None:
+        super().select(keep)
+        self.cache.k, self.cache.v = self.cache.k[:, keep], self.cache.v[:, keep]
+        self.key_valid = self.key_valid[keep]
+
+    def feed(self, generated: torch.Tensor) -> torch.Tensor:
+        n = generated.shape[1]
+        index = self.cache.length  # sequence index of the new token, the same for every row
+        self.key_valid[:, index] = True
+        mask = self.key_valid[:, None, None, : index + 1]  # the new token sees every valid earlier key
+        position = self.prompt_lens[:, None] + n  # token n-1 sits at audio position Tp_i + 1 + (n-1)
+        h = self.ar.embed_audio(generated[:, -1:], position)
+        return self.ar.run(h, mask, self.cache)[:, -1]
+
+
+def ar_generate(
+    ar: ARModel,
+    text: torch.Tensor,
+    text_lens: torch.Tensor,
+    prompt: torch.Tensor,
+    prompt_lens: torch.Tensor,
+    max_new: torch.Tensor,
+    options: GenerationOptions,
+    frame_rate: float = 75.0,
+    *,
+    generators: Sequence[torch.Generator] | None = None,
+    return_logits: bool = False,
+) -> list[ARResult]:
+    """Sample codebook 1 after each prompt, for a batch of items of different lengths.
+
+    text [B, Lx] phoneme ids (0 = pad) with text_lens [B]; prompt [B, Tp] codebook-1 codes of the
+    acoustic prompt (padded) with prompt_lens [B]; max_new [B] frames per item, clamped to
+    ``options.max_seconds * frame_rate``. ``generators`` (one per item, CPU) default to seeds
+    ``options.seed + i``. Returns one :class:`ARResult` per item, in input order.
+    """
+    cfg = ar.cfg
+    device = _device_of(ar)
+    B = text.shape[0]
+    if not (
+        text.dim() == prompt.dim() == 2 and prompt.shape[0] == B and len(text_lens) == len(prompt_lens) == B
+    ):
+        raise GenerationError(
+            f"ar_generate: text {tuple(text.shape)}, prompt {tuple(prompt.shape)}, text_lens "
+            f"{tuple(text_lens.shape)}, prompt_lens {tuple(prompt_lens.shape)} do not describe one batch"
+        )
+    text, prompt = text.to(device), prompt.to(device)
+    text_lens, prompt_lens = text_lens.to(device), prompt_lens.to(device)
+    _check_batch_codes(prompt, prompt_lens, cfg.codebook_size, "ar_generate: prompt")
+    if bool(((text < 0) | (text >= cfg.n_phonemes)).any()):
+        raise GenerationError(f"ar_generate: text holds ids outside 0..{cfg.n_phonemes - 1}")
+    hard_cap = math.floor(options.max_seconds * frame_rate)
+    max_new = torch.as_tensor(max_new, device=device).clamp(max=hard_cap)
+    if bool((max_new < 1).any()):
+        raise GenerationError(f"ar_generate: max_new must be >= 1 for every item, got {max_new.tolist()}")
+    if generators is None:
+        generators = [torch.Generator().manual_seed(options.seed + i) for i in range(B)]
+    if len(generators) != B:
+        raise GenerationError(f"ar_generate: {len(generators)} generators for {B} items")
+    sampling = options.sampling
+    max_steps = int(max_new.max())
+
+    finished: dict[int, tuple[int, str]] = {}  # input index -> (frames, stop reason)
+    resampled = [0] * B
+    step_logits: list[list[torch.Tensor]] = [[] for _ in range(B)]
+    gen = torch.full((B, max_steps), -1, dtype=torch.long, device=device)  # rows in input order
+    rows = torch.arange(B, device=device)  # input index of each active row
+    active = list(range(B))
+    with _inference(ar, device, options.bf16):
+        if options.use_kv_cache:
+            decoder = _CachedDecoder(
+                ar, text, text_lens, prompt, prompt_lens, max_steps, _cache_dtype(ar, options)
+            )
+        else:
+            decoder = _FullDecoder(ar, text, text_lens, prompt, prompt_lens)
+        logits = decoder.first()
+        for s in range(max_steps):
+            logits = logits.float()
+            if return_logits:
+                for j, i in enumerate(active):
+                    step_logits[i].append(logits[j].cpu())
+            if s < options.min_frames:
+                logits[:, cfg.eos] = -math.inf
+            history = gen[rows, max(0, s - sampling.ras_window) : s]
+            tokens, was_resampled = sample_tokens(logits, history, sampling, [generators[i] for i in active])
+            gen[rows, s] = tokens
+            is_eos = tokens == cfg.eos
+            done = is_eos | (s + 1 >= max_new[rows])
+            # one device->host transfer per step: the only synchronisation of the loop
+            done_list, eos_list, res_list = torch.stack([done, is_eos, was_resampled]).tolist()
+            for j, i in enumerate(active):
+                resampled[i] += res_list[j]
+                if done_list[j]:
+                    finished[i] = (s, "eos") if eos_list[j] else (s + 1, "max_length")
+            if all(done_list):
+                break
+            if any(done_list):
+                keep = (~done).nonzero().squeeze(1)
+                rows = rows[keep]
+                active = [i for i, d in zip(active, done_list, strict=True) if not d]
+                decoder.select(keep)
+            logits = decoder.feed(gen[rows, : s + 1])
+    # built outside inference mode: callers get ordinary tensors they may edit in place
+    return [
+        ARResult(
+            gen[i, : finished[i][0]].clone(),
+            finished[i][1],
+            resampled[i],
+            torch.stack(step_logits[i]).clone() if return_logits else None,
+        )
+        for i in range(B)
+    ]
+
+
+# ----------------------------------------------------------------------------------------------
+# NAR stages
+
+
+def nar_generate(
+    nar: NARModel,
+    text: torch.Tensor,
+    text_lens: torch.Tensor,
+    prompt_codes: torch.Tensor,
+    prompt_lens: torch.Tensor,
+    codes1: Sequence[torch.Tensor],
+    *,
+    greedy: bool = True,
+    sampling: SamplingOptions | None = None,
+    generators: Sequence[torch.Generator] | None = None,
+    bf16: bool = False,
+) -> list[torch.Tensor]:
+    """Fill codebooks 2..8 of each target, one stage per codebook (eq. 3), and drop the prompt.
+
+    text [B, Lx], prompt_codes [B, Tp, Q] (padded) with prompt_lens [B], codes1: B tensors [T_i].
+    Stage j reads x, the whole prompt and target codebooks < j. Greedy (argmax) by default; with
+    ``greedy=False`` each position is drawn with ``sampling``'s temperature / top-k / top-p.
+    Returns B tensors [T_i, Q].
+    """
+    cfg = nar.cfg
+    device = _device_of(nar)
+    B, _, Q = prompt_codes.shape
+    if len(codes1) != B or Q != cfg.n_codebooks:
+        raise GenerationError(
+            f"nar_generate: prompt_codes {tuple(prompt_codes.shape)} and {len(codes1)} codebook-1 sequences; "
+            f"need [B, Tp, {cfg.n_codebooks}] and B sequences"
+        )
+    _check_batch_codes(prompt_codes, prompt_lens, cfg.codebook_size, "nar_generate: prompt_codes")
+    for i, c in enumerate(codes1):
+        if c.dim() != 1 or len(c) == 0 or int(c.min()) < 0 or int(c.max()) >= cfg.codebook_size:
+            raise GenerationError(
+                f"nar_generate: codes1[{i}] must be a non-empty [T] of codes in 0..{cfg.codebook_size - 1}"
+            )
+    if not greedy and (sampling is None or generators is None):
+        raise GenerationError("nar_generate: sampling (greedy=False) needs sampling options and generators")
+    text, text_lens = text.to(device), text_lens.to(device)
+    prompt_lens = prompt_lens.to(device)
+    target_lens = torch.tensor([len(c) for c in codes1], device=device)
+    total = prompt_lens + target_lens
+    L = int(total.max())
+    codes = torch.zeros(B, L, Q, dtype=torch.long, device=device)
+    for i, c in enumerate(codes1):
+        p = int(prompt_lens[i])
+        codes[i, :p] = prompt_codes[i, :p].to(device)
+        codes[i, p : p + len(c), 0] = c.to(device)
+    target = lengths_to_mask(total, L) & ~lengths_to_mask(prompt_lens, L)  # [B, L]
+    with _inference(nar, device, bf16):
+        for stage in range(1, cfg.n_codebooks):
+            logits = nar(text, text_lens, codes, total, prompt_lens, stage).float()  # [B, L, K]
+            if greedy:
+                pred = logits.argmax(dim=-1)
+            else:
+                flat = filter_logits(logits[target] / sampling.temperature, sampling.top_k, sampling.top_p)
+                # per item, row-major like logits[target]: item i draws its T_i uniforms itself
+                u = torch.cat(
+                    [
+                        draw_uniforms(g, int(n), 1, device)[:, 0]
+                        for g, n in zip(generators, target_lens, strict=True)
+                    ]
+                )
+                pred = torch.zeros_like(codes[..., 0])
+                pred[target] = categorical(flat, u)
+            codes[..., stage] = torch.where(target, pred, codes[..., stage])
+    # cloned outside inference mode: ordinary tensors for the caller
+    return [codes[i, int(prompt_lens[i]) : int(total[i])].clone() for i in range(B)]
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end
+
+
+def generate(
+    model: VALLE,
+    text_ids: Sequence[Sequence[int]],
+    prompt_codes: Sequence[torch.Tensor],
+    prompt_phoneme_counts: Sequence[int],
+    options: GenerationOptions | None = None,
+    frame_rate: float = 75.0,
+    *,
+    seeds: Sequence[int] | None = None,
+) -> list[GenerationOutput]:
+    """Generate codes [T, 8] for a batch of requests (either mode; see the module docstring).
+
+    text_ids[i]: phoneme ids of the whole text (prompt part first); prompt_codes[i]: [Tp, 8] codes
+    of the acoustic prompt (>= 1 s); prompt_phoneme_counts[i]: how many leading ids the prompt
+    speaks, which sets the speaking rate for the length cap. Item i samples with ``seeds[i]``
+    (default ``options.seed + i``), so it can be regenerated alone.
+    """
+    options = options or GenerationOptions()
+    cfg = model.cfg
+    B = len(text_ids)
+    if not (len(prompt_codes) == len(prompt_phoneme_counts) == B):
+        raise GenerationError(
+            f"generate: {B} texts, {len(prompt_codes)} prompts and {len(prompt_phoneme_counts)} "
+            "prompt phoneme counts; need one of each per item"
+        )
+    if B == 0:
+        return []
+    seeds = list(seeds) if seeds is not None else [options.seed + i for i in range(B)]
+    if len(seeds) != B:
+        raise GenerationError(f"generate: {len(seeds)} seeds for {B} items")
+    min_prompt = round(frame_rate)  # 1 s of prompt
+    max_new = []
+    for i in range(B):
+        _check_text(text_ids[i], cfg.n_phonemes, i)
+        _check_prompt(prompt_codes[i], cfg.n_codebooks, cfg.codebook_size, min_prompt, i)
+        n_prompt = prompt_phoneme_counts[i]
+        if not 1 <= n_prompt < len(text_ids[i]):
+            raise GenerationError(
+                f"item {i}: prompt_phoneme_counts = {n_prompt}, must be in 1..{len(text_ids[i]) - 1} "
+                f"(the text has {len(text_ids[i])} ids and the target needs at least one)"
+            )
+        tp = prompt_codes[i].shape[0]
+        max_new.append(max_new_frames(tp, n_prompt, len(text_ids[i]) - n_prompt, options, frame_rate))
+
+    text, text_lens = _pad([torch.as_tensor(t, dtype=torch.long) for t in text_ids])
+    prompts, prompt_lens = _pad([torch.as_tensor(p, dtype=torch.long) for p in prompt_codes])
+    generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    ar_out = ar_generate(
+        model.ar,
+        text,
+        text_lens,
+        prompts[..., 0],
+        prompt_lens,
+        torch.tensor(max_new),
+        options,
+        frame_rate,
+        generators=generators,
+    )
+    codes = nar_generate(
+        model.nar,
+        text,
+        text_lens,
+        prompts,
+        prompt_lens,
+        [r.codes1 for r in ar_out],
+        greedy=options.nar_greedy,
+        sampling=options.sampling,
+        generators=generators,
+        bf16=options.bf16,
+    )
+    return [
+        GenerationOutput(c.cpu(), r.stop_reason, c.shape[0], int(s), r.resampled_count)
+        for c, r, s in zip(codes, ar_out, seeds, strict=True)
+    ]
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def _cache_dtype(module: nn.Module, options: GenerationOptions) -> torch.dtype:
+    # the KV cache must hold what the attention projections emit: bf16 under autocast
+    return torch.bfloat16 if options.bf16 else next(module.parameters()).dtype
+
+
+@contextlib.contextmanager
+def _inference(module: nn.Module, device: torch.device, bf16: bool) -> Iterator[None]:
+    """eval() (no dropout) for the duration, restoring the caller's mode; no autograd; optional bf16."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            yield
+    finally:
+        module.train(was_training)
+
+
+def _pad(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad with zeros along dim 0: -> ([B, Lmax, ...], lengths [B])."""
+    lens = torch.tensor([s.shape[0] for s in seqs])
+    out = seqs[0].new_zeros((len(seqs), int(lens.max()), *seqs[0].shape[1:]))
+    for i, s in enumerate(seqs):
+        out[i, : s.shape[0]] = s
+    return out, lens
+
+
+def _check_text(ids: Sequence[int], n_phonemes: int, i: int) -> None:
+    if len(ids) == 0:
+        raise GenerationError(f"item {i}: text_ids is empty")
+    t = torch.as_tensor(ids)
+    if t.dim() != 1 or t.is_floating_point():
+        raise GenerationError(f"item {i}: text_ids must be a flat sequence of integer ids")
+    bad = ((t < 1) | (t >= n_phonemes)).nonzero()
+    if len(bad):
+        j = int(bad[0])
+        raise GenerationError(
+            f"item {i}: text_ids[{j}] = {int(t[j])} is outside 1..{n_phonemes - 1} (0 is padding)"
+        )
+
+
+def _check_prompt(codes: torch.Tensor, n_codebooks: int, codebook_size: int, min_frames: int, i: int) -> None:
+    if not isinstance(codes, torch.Tensor) or codes.dim() != 2 or codes.shape[1] != n_codebooks:
+        shape = tuple(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__
+        raise GenerationError(f"item {i}: prompt_codes must be a tensor [Tp, {n_codebooks}], got {shape}")
+    if codes.is_floating_point():
+        raise GenerationError(f"item {i}: prompt_codes must be integer codes, got {codes.dtype}")
+    if codes.shape[0] < min_frames:
+        raise GenerationError(
+            f"item {i}: prompt has {codes.shape[0]} frames; at least {min_frames} (1 s) are needed"
+        )
+    lo, hi = int(codes.min()), int(codes.max())
+    if lo < 0 or hi >= codebook_size:
+        raise GenerationError(
+            f"item {i}: prompt_codes hold values in {lo}..{hi}, outside the codebook 0..{codebook_size - 1}"
+        )
+
+
+def _check_batch_codes(codes: torch.Tensor, lens: torch.Tensor, codebook_size: int, what: str) -> None:
+    """Codes at the valid (unpadded) positions of a padded batch must lie in 0..codebook_size-1."""
+    valid = lengths_to_mask(lens.to(codes.device), codes.shape[1])
+    values = codes[valid]
+    if values.numel() and (int(values.min()) < 0 or int(values.max()) >= codebook_size):
+        raise GenerationError(
+            f"{what} holds values in {int(values.min())}..{int(values.max())}, "
+            f"outside the codebook 0..{codebook_size - 1}"
+        )

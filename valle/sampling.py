@@ -1,0 +1,152 @@
+"""Token sampling for the AR decoder: temperature, top-k / top-p filtering, and repetition-aware
+sampling (RAS) from VALL-E 2 (Chen et al., 2024, "VALL-E 2: Neural Codec Language Models are Human
+Parity Zero-Shot Text to Speech Synthesizers", section 3.2).
+
+RAS, for each item at step t: draw c_t from the nucleus (top-p) distribution; compute the repetition
+ratio r = (1/K) * sum_{i=t-K..t-1} 1[c_i = c_t] over the last K generated tokens; if r > t_r, replace
+c_t by a draw from the full distribution (random sampling). Nucleus sampling keeps decoding stable,
+the random fallback breaks the token loops that small top-p values fall into.
+
+Randomness comes from explicit ``torch.Generator`` objects (CPU): every step draws exactly two
+uniforms per item (one for the nucleus draw, one for the RAS redraw, used or not), and tokens are
+drawn by inverting the CDF with them. So an item's tokens depend only on its own generator and
+logits, not on the batch it shares, on whether RAS fired, or on the device the model runs on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+__all__ = [
+    "SampleResult",
+    "SamplingOptions",
+    "categorical",
+    "draw_uniforms",
+    "filter_logits",
+    "repetition_mask",
+    "sample_tokens",
+]
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """AR sampling. Defaults: nucleus top-p 0.8 with RAS window K = 10 and threshold t_r = 0.1."""
+
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 0.8  # 1.0 = off
+    ras: bool = True
+    ras_window: int = 10  # K
+    ras_threshold: float = 0.1  # t_r: resample when the share of c_t in the window exceeds this
+    greedy: bool = False  # argmax; no randomness and no RAS
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"SamplingOptions.temperature must be > 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"SamplingOptions.top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"SamplingOptions.top_p must be in (0, 1], got {self.top_p}")
+        if self.ras_window < 1:
+            raise ValueError(f"SamplingOptions.ras_window must be >= 1, got {self.ras_window}")
+        if not 0 <= self.ras_threshold < 1:
+            raise ValueError(f"SamplingOptions.ras_threshold must be in [0, 1), got {self.ras_threshold}")
+
+
+class SampleResult(NamedTuple):
+    tokens: torch.Tensor  # [B] long
+    resampled: torch.Tensor  # [B] bool: RAS replaced the nucleus draw
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Mask (with -inf) every token outside the top-k and outside the top-p nucleus, per row.
+
+    logits [B, V]. top-k keeps the k largest logits (ties with the k-th are kept too); top-p then
+    keeps the smallest set of most likely tokens whose probability mass reaches ``top_p`` (the most
+    likely token is always kept). ``top_k=0`` and ``top_p=1`` turn the filters off.
+    """
+    if logits.dim() != 2:
+        raise ValueError(f"filter_logits expects logits [B, V], got shape {tuple(logits.shape)}")
+    V = logits.shape[-1]
+    if 0 < top_k < V:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    if top_p < 1.0:
+        # float64 so that a cumulative mass equal to top_p on paper is not lost to rounding
+        sorted_logits, order = logits.double().sort(dim=-1, descending=True, stable=True)
+        probs = sorted_logits.softmax(dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs
+        drop_sorted = mass_before >= top_p
+        drop_sorted[:, 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, -math.inf)
+    return logits
+
+
+def draw_uniforms(
+    generators: torch.Generator | Sequence[torch.Generator], batch: int, n: int, device: torch.device
+) -> torch.Tensor:
+    """[batch, n] uniforms in [0, 1): from one generator, or one row from each of ``batch`` generators."""
+    if isinstance(generators, torch.Generator):
+        u = torch.rand(batch, n, generator=generators, device=generators.device, dtype=torch.float64)
+    else:
+        if len(generators) != batch:
+            raise ValueError(f"got {len(generators)} generators for a batch of {batch}")
+        u = torch.stack(
+            [torch.rand(n, generator=g, device=g.device, dtype=torch.float64) for g in generators]
+        )
+    return u.to(device)
+
+
+def categorical(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Draw one token per row of ``logits`` [B, V] by inverting its CDF at ``uniforms`` [B].
+
+    A token whose probability is zero (logit -inf) can never be drawn.
+    """
+    probs = logits.double().softmax(dim=-1)
+    cdf = probs.cumsum(dim=-1)
+    target = (uniforms.double() * cdf[:, -1]).unsqueeze(-1)
+    # right=True: the first index whose cdf is strictly above the target, so zero-mass steps are skipped
+    tokens = torch.searchsorted(cdf, target, right=True).squeeze(-1)
+    return tokens.clamp_(max=logits.shape[-1] - 1)
+
+
+def repetition_mask(
+    tokens: torch.Tensor, history: torch.Tensor, window: int, threshold: float
+) -> torch.Tensor:
+    """RAS condition per row: share of ``tokens`` [B] among the last ``window`` columns of ``history``
+    [B, H] (pad with -1) strictly above ``threshold``. The share is over K = ``window`` even while fewer
+    than K tokens exist, as in the paper's ratio."""
+    recent = history[:, -window:] if history.shape[1] else history
+    count = (recent == tokens.unsqueeze(-1)).sum(dim=-1)
+    return count.double() / window > threshold
+
+
+def sample_tokens(
+    logits: torch.Tensor,
+    history: torch.Tensor,
+    options: SamplingOptions,
+    generators: torch.Generator | Sequence[torch.Generator],
+) -> SampleResult:
+    """One AR step for a batch: logits [B, V], history [B, H] of this item's generated tokens
+    (most recent last, -1 = none). Returns the tokens and which rows RAS resampled."""
+    B = logits.shape[0]
+    logits = logits.float()
+    if options.greedy:
+        return SampleResult(logits.argmax(dim=-1), torch.zeros(B, dtype=torch.bool, device=logits.device))
+    u = draw_uniforms(generators, B, 2, logits.device)  # always two per row: streams never shift
+    scaled = logits / options.temperature
+    tokens = categorical(filter_logits(scaled, options.top_k, options.top_p), u[:, 0])
+    resampled = torch.zeros(B, dtype=torch.bool, device=logits.device)
+    if options.ras and history.shape[1] > 0:
+        resampled = repetition_mask(
+            tokens, history.to(tokens.device), options.ras_window, options.ras_threshold
+        )
+        if bool(resampled.any()):
+            tokens = torch.where(resampled, categorical(scaled, u[:, 1]), tokens)
+    return SampleResult(tokens, resampled)

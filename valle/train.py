@@ -1,0 +1,651 @@
+"""Train VALL-E (AR + NAR) on a token cache, on one process or under ``torchrun`` (DDP).
+
+Each optimizer step computes, on the same batch,
+
+    L_AR  = -mean_t log p(c_{t,1} | c_{<t,1}, x)           teacher forcing on codebook 1 of the whole
+                                                             utterance; the targets end with <eos>
+    L_NAR = -mean_t log p(c_{t,j} | c_{t,<j}, x, C~)        one stage j ~ U{2..8} per step, shared by
+                                                             every micro-batch and rank of that step
+
+and minimises L_AR + L_NAR. The NAR's acoustic prompt C~ follows the reference implementation's
+prefix mode (lifeiteng/vall-e, ``prefix_mode=1``): C~ is a prefix of the utterance itself, its
+length drawn uniformly from [25 %, 50 %] of the utterance and capped at 3 s (225 frames at 75 Hz);
+L_NAR is masked on the prompt and on padding. We draw the length per utterance (the reference
+draws one per batch from the shortest item), so short items in a long batch still get a 25-50 %
+prompt. The means are over all target tokens of the step, across micro-batches and ranks (the
+token counts are all-reduced before the backward pass), so gradients do not depend on how a batch
+is split between ranks or accumulation steps.
+
+Checkpoints (``valle.checkpoint``) go to ``out_dir/last/`` via a temp folder and a rename; the
+optimizer file also holds every rank's RNG states, and ``extra`` holds the data position, so a
+resumed run repeats exactly what an uninterrupted run would have done. ``out_dir/log.jsonl``
+gets one JSON line per logged step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from valle.checkpoint import CheckpointError, load_checkpoint, load_optimizer_state, save_checkpoint
+from valle.codec.base import CodecCard
+from valle.data import TEXT_HAS_BOS_EOS, Batch, LengthBucketSampler, TokenDataset, collate
+from valle.model import IGNORE, PRESETS, VALLE, VALLEConfig, lengths_to_mask, make_config
+from valle.phonemes import SymbolTable
+
+LAST = "last"
+LOG = "log.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    preset: str = "tiny"
+    lr: float = 5e-4  # peak learning rate (5e-4 suits `tiny`; lower it for `paper`)
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.01  # applied to matrices and embeddings only (nanoGPT's split)
+    warmup_steps: int = 200
+    max_steps: int = 20_000
+    min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
+    grad_accum: int = 1  # micro-batches per optimizer step, per rank
+    clip_norm: float = 1.0
+    max_frames: int = 6_000  # padded codec frames per micro-batch (items x longest)
+    max_batch: int = 64
+    bucket_size: int = 1_000  # items sorted together by the length-bucketing sampler
+    seed: int = 0
+    log_every: int = 10
+    ckpt_every: int = 500
+    nar_prompt_min: float = 0.25  # NAR prefix prompt: fraction of the utterance, drawn uniformly ...
+    nar_prompt_max: float = 0.5  # ... from [min, max]
+    nar_prompt_max_frames: int = 225  # ... and capped (3 s at 75 Hz)
+    dropout: float | None = None  # None: the preset's
+    device: str = "auto"  # auto | cpu | cuda
+    bf16: bool = True  # autocast to bfloat16 (CUDA only; ignored on CPU)
+    tensorboard: bool = True  # write out_dir/tb when tensorboard is installed
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(
+                f"TrainConfig.preset: unknown {self.preset!r}; choose one of {', '.join(PRESETS)}"
+            )
+        for name in ("max_steps", "grad_accum", "max_frames", "max_batch", "bucket_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "clip_norm"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)}")
+        if self.warmup_steps < 0 or self.ckpt_every < 1:
+            raise ValueError("TrainConfig.warmup_steps must be >= 0 and ckpt_every >= 1")
+        if not 0 <= self.nar_prompt_min <= self.nar_prompt_max < 1:
+            raise ValueError(
+                "TrainConfig: need 0 <= nar_prompt_min <= nar_prompt_max < 1, got "
+                f"{self.nar_prompt_min}, {self.nar_prompt_max}"
+            )
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"TrainConfig.device: expected auto, cpu or cuda, got {self.device!r}")
+
+
+# --- distributed ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_master(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_distributed(device: str = "auto") -> DistInfo:
+    """Rank and device from torchrun's environment; joins the process group once (gloo/nccl)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available")
+    if use_cuda:
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+    else:
+        dev = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return DistInfo(rank, local_rank, world_size, dev)
+
+
+# --- losses --------------------------------------------------------------------------------------
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup over ``warmup_steps`` then cosine decay to ``lr * min_lr_ratio`` at ``max_steps``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def draw_stage(generator: torch.Generator, n_codebooks: int) -> int:
+    """A NAR stage, 0-indexed codebook in 1..Q-1 (paper's j = stage + 1), uniformly."""
+    return int(torch.randint(1, n_codebooks, (1,), generator=generator))
+
+
+def draw_prompt_lens(audio_lens: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """Prefix prompt length per item: U[min, max] x frames, floored, capped at ``nar_prompt_max_frames``."""
+    lens = audio_lens.cpu().double()
+    frac = cfg.nar_prompt_min + (cfg.nar_prompt_max - cfg.nar_prompt_min) * torch.rand(
+        len(lens), generator=generator, dtype=torch.float64
+    )
+    return (frac * lens).floor().long().clamp(max=cfg.nar_prompt_max_frames).to(audio_lens.device)
+
+
+class LossModule(nn.Module):
+    """Wraps :class:`VALLE` so one ``forward`` (what DDP hooks) runs both the AR and the NAR.
+
+    Returns summed statistics ``[ar_loss_sum, ar_correct, nar_loss_sum, nar_correct]``; the caller
+    divides by the global token counts.
+    """
+
+    def __init__(self, model: VALLE) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        text: torch.Tensor,
+        text_lens: torch.Tensor,
+        codes: torch.Tensor,
+        audio_lens: torch.Tensor,
+        prompt_lens: torch.Tensor,
+        stage: int,
+    ) -> torch.Tensor:
+        ar_logits, ar_targets = self.model.ar(text, text_lens, codes[..., 0], audio_lens)  # [B, T+1, V]
+        nar_logits = self.model.nar(text, text_lens, codes, audio_lens, prompt_lens, stage)  # [B, T, K]
+        T = codes.shape[1]
+        in_target = lengths_to_mask(audio_lens, T) & ~lengths_to_mask(prompt_lens, T)
+        nar_targets = codes[..., stage].masked_fill(~in_target, IGNORE)
+        stats = []
+        for logits, targets in ((ar_logits, ar_targets), (nar_logits, nar_targets)):
+            loss = F.cross_entropy(
+                logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum"
+            )
+            correct = ((logits.argmax(-1) == targets) & (targets != IGNORE)).sum()
+            stats += [loss, correct.float()]
+        return torch.stack(stats)
+
+
+def wrap_model(model: VALLE, info: DistInfo) -> nn.Module:
+    """:class:`LossModule` around ``model``, DDP-wrapped when running distributed."""
+    module: nn.Module = LossModule(model)
+    if info.distributed:
+        # the NAR heads of the stages not drawn this step get no gradient
+        ids = [info.device.index] if info.device.type == "cuda" else None
+        module = DDP(module, device_ids=ids, find_unused_parameters=True)
+    return module
+
+
+def backward_step(
+    module: nn.Module,
+    micro_batches: list[Batch],
+    prompt_lens: list[torch.Tensor],
+    stage: int,
+    world_size: int = 1,
+    autocast: bool = False,
+) -> dict[str, float]:
+    """Forward + backward every micro-batch; gradients end up as those of the global mean losses.
+
+    ``module`` is a :class:`LossModule`, DDP-wrapped when ``world_size > 1``. Returns the step's
+    global ``ar_loss, ar_acc, nar_loss, nar_acc`` and target token counts.
+    """
+    device = micro_batches[0].codes.device
+    counts = torch.tensor(
+        [
+            [float((b.audio_lens + 1).sum()), float((b.audio_lens - p).sum())]
+            for b, p in zip(micro_batches, prompt_lens, strict=True)
+        ],
+        dtype=torch.float64,
+        device=device,
+    ).sum(0)
+    if world_size > 1:
+        dist.all_reduce(counts)
+    n_ar, n_nar = counts.tolist()
+    sums = torch.zeros(4, device=device)
+    for i, (batch, plens) in enumerate(zip(micro_batches, prompt_lens, strict=True)):
+        last = i == len(micro_batches) - 1
+        # gradients are all-reduced once, on the last micro-batch
+        sync = nullcontext() if last or not isinstance(module, DDP) else module.no_sync()
+        with sync:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                stats = module(batch.text, batch.text_lens, batch.codes, batch.audio_lens, plens, stage)
+            # DDP averages gradients over ranks; x world_size turns that into the global sum / count
+            loss = (stats[0] / n_ar + stats[2] / n_nar) * world_size
+            loss.backward()
+        sums += stats.detach()
+    if world_size > 1:
+        dist.all_reduce(sums)
+    ar_sum, ar_correct, nar_sum, nar_correct = sums.tolist()
+    return {
+        "ar_loss": ar_sum / n_ar,
+        "ar_acc": ar_correct / n_ar,
+        "nar_loss": nar_sum / n_nar,
+        "nar_acc": nar_correct / n_nar,
+        "tokens": n_ar + n_nar,
+    }
+
+
+# --- model, optimizer, checkpoints ---------------------------------------------------------------
+
+
+def build_model(cfg: TrainConfig, symbols: SymbolTable, card: CodecCard) -> VALLE:
+    overrides: dict[str, Any] = {"n_codebooks": card.n_codebooks, "codebook_size": card.codebook_size}
+    if cfg.dropout is not None:
+        overrides["dropout"] = cfg.dropout
+    return VALLE(make_config(cfg.preset, n_phonemes=len(symbols), **overrides))
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool = False) -> torch.optim.AdamW:
+    params = [p for p in model.parameters() if p.requires_grad]  # tied weights appear once
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]  # biases, norms, positional alphas
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fused)
+
+
+def _rng_state(device: torch.device, gens: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:
+    state = {name: g.get_state() for name, g in gens.items()}
+    state["torch"] = torch.get_rng_state()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device, gens: dict[str, torch.Generator]):
+    for name, g in gens.items():
+        g.set_state(state[name])
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _resume_dir(out_dir: Path) -> Path | None:
+    # last.old survives only if a run died between the two renames of _save; it is then complete
+    for name in (LAST, f"{LAST}.old"):
+        if (out_dir / name / "config.json").is_file():
+            return out_dir / name
+    return None
+
+
+def _save(
+    out_dir: Path, model: VALLE, dataset: TokenDataset, step: int, opt_state: dict, extra: dict
+) -> Path:
+    """Write the checkpoint into a temp folder, then swap it in for ``out_dir/last`` by renames."""
+    tmp, last, old = out_dir / f".{LAST}.tmp", out_dir / LAST, out_dir / f"{LAST}.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_checkpoint(
+        tmp, model, dataset.symbols, dataset.codec_card, step, optimizer_state=opt_state, extra=extra
+    )
+    if last.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(last, old)
+    os.replace(tmp, last)
+    shutil.rmtree(old, ignore_errors=True)
+    return last
+
+
+def _check_resumable(ckpt_dir: Path, model_cfg: VALLEConfig, dataset: TokenDataset):
+    ckpt = load_checkpoint(ckpt_dir)
+    dataset.codec_card.check_compatible(ckpt.codec, what=f"checkpoint {ckpt_dir}")
+    if ckpt.symbols != dataset.symbols:
+        raise CheckpointError(f"{ckpt_dir}: phoneme symbol table differs from the token cache's")
+    if ckpt.config != model_cfg:
+        diff = {
+            k: (v, getattr(model_cfg, k))
+            for k, v in asdict(ckpt.config).items()
+            if getattr(model_cfg, k) != v
+        }
+        raise CheckpointError(f"{ckpt_dir}: model config differs from this run's (checkpoint vs now: {diff})")
+    opt = load_optimizer_state(ckpt_dir)
+    if opt is None:
+        raise CheckpointError(f"{ckpt_dir}: no optimizer state; cannot resume training from it")
+    return ckpt, opt
+
+
+def _resume(
+    ckpt_dir: Path,
+    model: VALLE,
+    optimizer: torch.optim.Optimizer,
+    dataset: TokenDataset,
+    info: DistInfo,
+    gens: dict[str, torch.Generator],
+) -> tuple[int, int, int]:
+    """Load weights, optimizer and this rank's RNG states; returns (step, epoch, batch position)."""
+    ckpt, opt_state = _check_resumable(ckpt_dir, model.cfg, dataset)
+    model.load_state_dict(ckpt.model.state_dict())
+    optimizer.load_state_dict(opt_state["optimizer"])
+    position = ckpt.extra["data"]
+    if position["world_size"] == info.world_size:
+        _set_rng_state(opt_state["rng"][info.rank], info.device, gens)
+        return ckpt.step, position["epoch"], position["batch"]
+    # batches are sharded per world size, so the old position means nothing with another one
+    if info.is_master:
+        print(
+            f"resuming {ckpt_dir} with {info.world_size} ranks instead of {position['world_size']}: "
+            f"starting epoch {position['epoch'] + 1} afresh, RNGs not restored",
+            file=sys.stderr,
+        )
+    return ckpt.step, position["epoch"] + 1, 0
+
+
+def _checkpoint(
+    out_dir: Path,
+    model: VALLE,
+    optimizer: torch.optim.Optimizer,
+    dataset: TokenDataset,
+    step: int,
+    extra: dict,
+    info: DistInfo,
+    gens: dict[str, torch.Generator],
+) -> None:
+    """Collective: every rank contributes its RNG states, rank 0 writes ``out_dir/last``."""
+    rngs = [{k: v.cpu() for k, v in _rng_state(info.device, gens).items()}]
+    if info.distributed:
+        gathered: list = [None] * info.world_size
+        dist.all_gather_object(gathered, rngs[0])
+        rngs = gathered
+    if info.is_master:
+        _save(out_dir, model, dataset, step, {"optimizer": optimizer.state_dict(), "rng": rngs}, extra)
+    if info.distributed:
+        dist.barrier()  # nobody runs ahead (or exits) while rank 0 writes
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop lines logged after the checkpoint we resume from, so the log reads as one run."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a line cut short by the kill
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    step: int
+    epoch: int
+    out_dir: Path
+    resumed_from: int | None  # step of the checkpoint this invocation started from
+    last_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def train(
+    cfg: TrainConfig,
+    cache_dir: str | Path,
+    out_dir: str | Path,
+    until_step: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train to ``cfg.max_steps`` (or stop early at ``until_step``, checkpointing there, as a
+    preemptible job would), resuming from ``out_dir/last`` when it exists."""
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    info = setup_distributed(cfg.device)
+    device, world = info.device, info.world_size
+    dataset = TokenDataset(cache_dir)
+    sampler = LengthBucketSampler(
+        dataset.frames, cfg.max_frames, cfg.max_batch, cfg.bucket_size, cfg.seed, info.rank, world
+    )
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = build_model(cfg, dataset.symbols, dataset.codec_card).to(device)
+    optimizer = build_optimizer(model, cfg, fused=device.type == "cuda")
+    # the stage is shared by all ranks of a step; prompts and dropout get a per-rank seed offset
+    gens = {
+        "stage": torch.Generator().manual_seed(cfg.seed + 7919),
+        "prompt": torch.Generator().manual_seed(cfg.seed + 1_000 * (info.rank + 1)),
+    }
+    torch.manual_seed(cfg.seed + info.rank)
+
+    step, epoch, pos, resumed_from = 0, 0, 0, None
+    ckpt_dir = _resume_dir(out_dir)
+    if ckpt_dir is not None:
+        step, epoch, pos = _resume(ckpt_dir, model, optimizer, dataset, info, gens)
+        resumed_from = step
+        if info.is_master:
+            _truncate_log(out_dir / LOG, step)
+
+    module = wrap_model(model, info)
+    autocast = cfg.bf16 and device.type == "cuda"
+    stop = min(cfg.max_steps, until_step if until_step is not None else cfg.max_steps)
+
+    writer = None
+    if info.is_master:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                writer = SummaryWriter(str(out_dir / "tb"))
+            except ImportError:
+                writer = None
+    log_file = open(out_dir / LOG, "a") if info.is_master else None
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="train", disable=not (progress and info.is_master))
+    batches = sampler.batches(epoch)
+    metrics: dict[str, float] = {}
+    tokens_since, t_since = 0.0, time.perf_counter()
+    model.train()
+    try:
+        while step < stop:
+            micro = []
+            for _ in range(cfg.grad_accum):
+                if pos >= len(batches):
+                    epoch, pos = epoch + 1, 0
+                    batches = sampler.batches(epoch)
+                micro.append(collate([dataset[i] for i in batches[pos]]).to(device))
+                pos += 1
+            stage = draw_stage(gens["stage"], model.cfg.n_codebooks)
+            prompt_lens = [draw_prompt_lens(b.audio_lens, cfg, gens["prompt"]) for b in micro]
+            lr = lr_at(step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            metrics = backward_step(module, micro, prompt_lens, stage, world, autocast)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm))
+            optimizer.step()
+            step += 1
+            tokens_since += metrics["tokens"]
+            bar.update(1)
+
+            if info.is_master and (step % cfg.log_every == 0 or step == stop):
+                now = time.perf_counter()
+                row = {
+                    "step": step,
+                    "epoch": epoch,
+                    "lr": lr,
+                    "ar_loss": metrics["ar_loss"],
+                    "ar_acc": metrics["ar_acc"],
+                    "nar_loss": metrics["nar_loss"],
+                    "nar_acc": metrics["nar_acc"],
+                    "nar_stage": stage + 1,  # the paper's j
+                    "grad_norm": grad_norm,
+                    "tokens_per_s": tokens_since / max(now - t_since, 1e-9),
+                }
+                tokens_since, t_since = 0.0, now
+                log_file.write(json.dumps(row) + "\n")
+                log_file.flush()
+                bar.set_postfix(ar=f"{row['ar_loss']:.3f}", nar=f"{row['nar_loss']:.3f}")
+                if writer is not None:
+                    for k, v in row.items():
+                        if k != "step":
+                            writer.add_scalar(f"train/{k}", v, step)
+
+            if step % cfg.ckpt_every == 0 or step == stop:
+                extra = {
+                    "data": {"epoch": epoch, "batch": pos, "world_size": world},
+                    # the lr is a pure function of the step (lr_at); recorded for readers
+                    "scheduler": {"step": step, "next_lr": lr_at(step, cfg)},
+                    "train_config": asdict(cfg),
+                    "cache": {
+                        "path": str(Path(cache_dir).resolve()),
+                        "manifest_sha256": dataset.manifest_sha256,
+                        "items": len(dataset),
+                        "text_has_bos_eos": TEXT_HAS_BOS_EOS,
+                    },
+                    "metrics": metrics,
+                }
+                _checkpoint(out_dir, model, optimizer, dataset, step, extra, info, gens)
+    finally:
+        bar.close()
+        if log_file is not None:
+            log_file.close()
+        if writer is not None:
+            writer.close()
+    return TrainResult(
+        step=step, epoch=epoch, out_dir=out_dir, resumed_from=resumed_from, last_metrics=metrics
+    )
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``train``: prepare (or reuse) the token cache, then train / resume."""
+    from valle.codec import CODECS, DEFAULT_CODEC
+
+    p = subparsers.add_parser(
+        "train",
+        help="train VALL-E (AR + NAR) on a manifest; resumes from OUT/last",
+        description="Encode a manifest's audio once into a token cache, then train VALL-E. "
+        "Run under torchrun for several GPUs; re-run the same command to resume.",
+        epilog="examples:\n"
+        "  valle train --manifest data/corpus/manifest.jsonl --out runs/tiny --preset tiny "
+        "--max-steps 20000\n"
+        "  torchrun --nproc-per-node 4 -m valle.train --manifest data/corpus/manifest.jsonl "
+        "--out runs/small --preset small",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    d = TrainConfig()
+    p.add_argument("--manifest", type=Path, required=True, help="JSONL manifest of training utterances")
+    p.add_argument("--out", type=Path, required=True, help="run folder: last/ checkpoint, log.jsonl")
+    p.add_argument("--preset", choices=list(PRESETS), default=d.preset)
+    p.add_argument("--max-steps", type=int, default=d.max_steps)
+    p.add_argument("--codec", choices=CODECS, default=DEFAULT_CODEC)
+    p.add_argument("--codec-weights", type=Path, default=None, help="codec weights (default: packaged/cache)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="token cache (default: OUT/tokens)")
+    p.add_argument("--language", default="en-us", help="eSpeak NG language for phonemes")
+    p.add_argument("--strict-symbols", action="store_true", help="skip rows with unknown phoneme symbols")
+    p.add_argument("--min-seconds", type=float, default=0.5)
+    p.add_argument("--max-seconds", type=float, default=20.0)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--grad-accum", type=int, default=d.grad_accum)
+    p.add_argument("--clip-norm", type=float, default=d.clip_norm)
+    p.add_argument("--max-frames", type=int, default=d.max_frames, help="padded frames per micro-batch")
+    p.add_argument("--max-batch", type=int, default=d.max_batch)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d.device)
+    p.add_argument("--no-bf16", action="store_true", help="train in float32 on CUDA too")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``valle train``: rank 0 prepares the token cache, every rank trains."""
+    from valle.codec import load_codec
+    from valle.data import PrepareOptions, prepare_tokens
+    from valle.phonemes import Phonemizer
+
+    cfg = TrainConfig(
+        preset=args.preset,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps,
+        max_steps=args.max_steps,
+        grad_accum=args.grad_accum,
+        clip_norm=args.clip_norm,
+        max_frames=args.max_frames,
+        max_batch=args.max_batch,
+        seed=args.seed,
+        log_every=args.log_every,
+        ckpt_every=args.ckpt_every,
+        device=args.device,
+        bf16=not args.no_bf16,
+    )
+    cache_dir = args.cache_dir or args.out / "tokens"
+    info = setup_distributed(cfg.device)
+    try:
+        error = None
+        if info.is_master:
+            try:
+                prepare_tokens(
+                    args.manifest,
+                    cache_dir,
+                    load_codec(args.codec, weights=args.codec_weights),
+                    Phonemizer(args.language),
+                    SymbolTable.default(),
+                    PrepareOptions(args.strict_symbols, args.min_seconds, args.max_seconds),
+                    progress=not args.no_progress,
+                )
+            except ValueError as err:
+                error = str(err)
+        if info.distributed:  # tell the other ranks whether the cache is there, instead of hanging
+            box = [error]
+            dist.broadcast_object_list(box, src=0)
+            error = box[0]
+        if error is not None:
+            raise ValueError(error)
+        result = train(cfg, cache_dir, args.out, progress=not args.no_progress)
+        if info.is_master:
+            print(json.dumps({"step": result.step, "out": str(result.out_dir / LAST), **result.last_metrics}))
+        return 0
+    finally:
+        if info.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m valle.train ...`` (what ``torchrun -m valle.train`` runs on each rank)."""
+    parser = argparse.ArgumentParser(prog="valle")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["train", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return run(args)
+    except ValueError as err:
+        print(f"valle train: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

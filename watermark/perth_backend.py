@@ -1,0 +1,59 @@
+"""Perth (Resemble AI's PerthNet implicit watermarker): bundled weights, presence only.
+
+``perth`` imports ``pkg_resources``; with setuptools >= 81 its watermarker silently becomes None,
+so the project pins setuptools<81 and this module fails loudly if the class is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from valle.audio import check_audio
+from watermark.base import Detection, WatermarkError, check_payload, fit_length
+
+
+class PerthWatermarker:
+    name = "perth"
+    payload_bits = 0
+
+    def __init__(self, device: str = "cpu", threshold: float = 0.5) -> None:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pkg_resources deprecation noise from perth's import
+            import perth
+        if getattr(perth, "PerthImplicitWatermarker", None) is None:
+            raise WatermarkError(
+                "perth.PerthImplicitWatermarker is None: setuptools >= 81 removed pkg_resources; "
+                "install 'setuptools<81'"
+            )
+        self._impl = perth.PerthImplicitWatermarker(device=device)
+        self.threshold = threshold
+        self._sha256 = _weights_sha256(Path(perth.__file__).parent)
+
+    def card(self) -> dict:
+        return {"name": self.name, "weights_sha256": self._sha256, "threshold": self.threshold}
+
+    def embed(self, wav: np.ndarray, sr: int, payload: Sequence[int] | None = None) -> np.ndarray:
+        check_payload(payload, self.payload_bits, self.name)
+        check_audio(wav, sr, "audio to watermark")
+        marked = self._impl.apply_watermark(np.asarray(wav, dtype=np.float32), sample_rate=sr)
+        return fit_length(np.asarray(marked, dtype=np.float32), len(wav))
+
+    def detect(self, wav: np.ndarray, sr: int) -> Detection:
+        check_audio(wav, sr, "audio to check", allow_silent=True)
+        score = float(np.mean(self._impl.get_watermark(np.asarray(wav, dtype=np.float32), sr, round=False)))
+        return Detection(score=score, detected=score >= self.threshold)
+
+
+def _weights_sha256(package_dir: Path) -> str:
+    """sha256 over the bundled model files (sorted), so a changed perth release is visible."""
+    h = hashlib.sha256()
+    for path in sorted(package_dir.rglob("*")):
+        if path.suffix in {".pth", ".pt", ".tar", ".ckpt", ".onnx"}:
+            h.update(path.read_bytes())
+    return h.hexdigest()
