@@ -31,6 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     fit.add_argument("--iters", type=int, default=20, help="k-means iterations per codebook")
     fit.add_argument("--max-utterances", type=int, default=None, help="use at most this many rows")
     fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--no-augment", action="store_true", help="fit on the audio as is (no gain/noise)")
     fit.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     fit.set_defaults(func=run_fit)
 
@@ -64,7 +65,14 @@ def run_fit(args: argparse.Namespace) -> int:
     cfg = MelVQConfig()
     wavs = (load_audio(u.audio, cfg.sample_rate)[0] for u in utts)
     t0 = time.time()
-    codec = fit_melvq(wavs, cfg, max_frames=args.max_frames, kmeans_iters=args.iters, seed=args.seed)
+    codec = fit_melvq(
+        wavs,
+        cfg,
+        max_frames=args.max_frames,
+        kmeans_iters=args.iters,
+        seed=args.seed,
+        augment=not args.no_augment,
+    )
     codec.save(args.out)
     saved = MelVQCodec.load(args.out)
     print(

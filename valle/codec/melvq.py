@@ -227,24 +227,47 @@ def kmeans(
     return centres, labels
 
 
+def augment_level_and_noise(wav: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random gain in [-24, 0] dB and, half of the time, white noise at 20-50 dB SNR.
+
+    A log-mel codebook is not level-invariant: a gain shifts every log-mel bin by a constant. The
+    offline corpus is peak-normalised and noiseless, real recordings are neither, so without this
+    the codebooks fitted on the corpus spend their entries on one level and one (digital) silence.
+    """
+    out = wav * 10 ** (rng.uniform(-24.0, 0.0) / 20)
+    if rng.random() < 0.5:
+        power = float(np.mean(out**2))
+        snr_db = rng.uniform(20.0, 50.0)
+        out = out + rng.standard_normal(len(out)).astype(np.float32) * np.sqrt(power / 10 ** (snr_db / 10))
+    return out.astype(np.float32)
+
+
 def fit_melvq(
     wavs: Iterable[np.ndarray],
     cfg: MelVQConfig = MelVQConfig(),
     max_frames: int = 80_000,
     kmeans_iters: int = 20,
     seed: int = 0,
+    augment: bool = True,
     progress: bool = True,
 ) -> MelVQCodec:
     """Fit the residual codebooks by k-means, stage by stage, on log-mel frames of ``wavs``.
 
-    ``wavs`` are mono float32 arrays already at ``cfg.sample_rate``. At most ``max_frames``
-    frames (chosen uniformly at random) are used, which keeps fitting within minutes on 2 cores.
+    ``wavs`` are mono float32 arrays already at ``cfg.sample_rate``; with ``augment`` each gets
+    :func:`augment_level_and_noise`. At most ``max_frames`` frames (chosen uniformly at random) are
+    used, which keeps fitting within minutes on 2 cores.
     """
     from tqdm import tqdm
 
     frontend = MelFrontend(cfg)
+    rng = np.random.default_rng(seed)
     with torch.inference_mode():
-        frames = torch.cat([frontend.analyse(torch.from_numpy(w)) for w in wavs])
+        frames = torch.cat(
+            [
+                frontend.analyse(torch.from_numpy(augment_level_and_noise(w, rng) if augment else w))
+                for w in wavs
+            ]
+        )
     if len(frames) < cfg.codebook_size * 4:
         raise CodecError(
             f"{len(frames)} frames is too little data to fit {cfg.codebook_size} centroids "

@@ -12,9 +12,10 @@ until it has ``minutes / n_speakers`` of audio. Files are keyed by speaker and s
 re-run skips every utterance whose wav already exists.
 
 A fresh build is deterministic for a given config: on the same machine and library versions
-the same seed writes the same files, bit for bit. Both engines carry state from one utterance to the next, so the files a resumed run
-adds to a half-built speaker say the same text in the same voice but may differ in small
-details (timing, sampling noise) from those of an uninterrupted build.
+the same seed writes the same files, bit for bit. Both engines carry state from one utterance
+to the next, so the files a resumed run adds to a half-built speaker say the same text in the
+same voice but may differ in small details (timing, sampling noise) from those of an
+uninterrupted build.
 """
 
 from __future__ import annotations

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import pytest
+
+from evaluation.cli import build_parser, main
+
+COMMANDS = [
+    ["smoke"],
+    ["corpus"],
+    ["codec"],
+    ["codec", "fit"],
+    ["codec", "roundtrip"],
+    ["codec", "info"],
+    ["train"],
+    ["synth"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args([*command, "--help"])
+    assert exit_.value.code == 0
+    assert "usage: valle" in capsys.readouterr().out
+
+
+def test_top_level_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    out = capsys.readouterr().out
+    for command in {c[0] for c in COMMANDS}:
+        assert command in out
+
+
+def test_bad_input_is_one_line_on_stderr_with_exit_code_2(tmp_path, capsys):
+    code = main(["synth", "--checkpoint", str(tmp_path), "--prompt-audio", "x.wav", "--out", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("valle synth: error:") and "--text" in err
