@@ -13,7 +13,7 @@ EXPECTED_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionErr
 
 def build_parser() -> argparse.ArgumentParser:
     from evaluation import smoke
-    from valle import synthesize, train
+    from valle import checkpoint, synthesize, train
     from valle.codec import cli as codec_cli
     from valle.corpus import cli as corpus_cli
 
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     codec_cli.add_parser(sub)
     train.add_parser(sub)
     synthesize.add_parser(sub)
+    checkpoint.add_parser(sub)
     return parser
 
 

@@ -13,6 +13,7 @@ COMMANDS = [
     ["codec", "info"],
     ["train"],
     ["synth"],
+    ["export"],
 ]
 
 

@@ -58,8 +58,13 @@ def save_checkpoint(
     step: int,
     optimizer_state: dict | None = None,
     extra: dict | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Path:
-    """Write weights, then config (which names the weights' sha256), each atomically."""
+    """Write weights, then config (which names the weights' sha256), each atomically.
+
+    ``dtype`` (e.g. ``torch.float16``) stores floating-point tensors at lower precision for
+    distribution; loading casts them back to the model's float32 parameters.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     weights = directory / WEIGHTS
@@ -67,7 +72,7 @@ def save_checkpoint(
     # tied NAR heads share storage with embeddings; safetensors refuses shared tensors, so the
     # state dict is de-duplicated here and the ties are restored by the constructor on load
     state = {
-        k: v.detach().cpu().contiguous()
+        k: v.detach().cpu().to(dtype if dtype is not None and v.is_floating_point() else v.dtype).contiguous()
         for k, v in model.state_dict().items()
         if not _is_tied_head(k, model.cfg)
     }
@@ -171,3 +176,33 @@ def load_optimizer_state(directory: str | Path) -> dict | None:
     if not path.is_file():
         return None
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def export_checkpoint(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.float16) -> Path:
+    """Copy a training checkpoint for distribution: weights only (no optimizer), at ``dtype``."""
+    ckpt = load_checkpoint(src)
+    extra = {**ckpt.extra, "exported_from_sha256": ckpt.weights_sha256, "export_dtype": str(dtype)}
+    return save_checkpoint(dst, ckpt.model, ckpt.symbols, ckpt.codec, ckpt.step, extra=extra, dtype=dtype)
+
+
+def add_parser(subparsers) -> None:
+    import argparse
+
+    p = subparsers.add_parser(
+        "export",
+        help="copy a training checkpoint for distribution (weights only, fp16 by default)",
+        epilog="example:\n  valle export runs/demo/last checkpoints/demo",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("src", type=Path, help="checkpoint folder written by `valle train`")
+    p.add_argument("dst", type=Path, help="new checkpoint folder")
+    p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args) -> int:
+    out = export_checkpoint(args.src, args.dst, getattr(torch, args.dtype))
+    meta = read_config(out)
+    size = (out / WEIGHTS).stat().st_size / 2**20
+    print(f"{out}: step {meta['step']}, {size:.1f} MB, sha256 {meta['weights_sha256']}")
+    return 0

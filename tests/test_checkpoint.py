@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from valle.checkpoint import CheckpointError, load_checkpoint, load_optimizer_state, save_checkpoint
+from valle.codec import CodecError, load_codec, load_codec_for
+from valle.codec.base import CodecCard
+from valle.model import VALLE, make_config
+from valle.phonemes import SymbolTable
+
+
+@pytest.fixture
+def saved(tmp_path):
+    torch.manual_seed(0)
+    symbols = SymbolTable.default()
+    model = VALLE(make_config("debug", len(symbols)))
+    opt = torch.optim.AdamW(model.parameters())
+    save_checkpoint(tmp_path, model, symbols, load_codec().card, step=7, optimizer_state=opt.state_dict())
+    return tmp_path, model
+
+
+def test_round_trip_is_bit_exact_and_keeps_ties(saved):
+    path, model = saved
+    ckpt = load_checkpoint(path)
+    assert ckpt.step == 7 and ckpt.config == model.cfg and ckpt.codec == load_codec().card
+    for (k, a), (_, b) in zip(model.state_dict().items(), ckpt.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    assert ckpt.model.nar.heads[0].weight is ckpt.model.nar.audio_embs[2].weight
+    assert "param_groups" in load_optimizer_state(path)
+
+
+def test_tampered_weights_are_refused(saved):
+    path, _ = saved
+    raw = bytearray((path / "model.safetensors").read_bytes())
+    raw[-1] ^= 0xFF
+    (path / "model.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="does not match"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda m: m.update(version=99), "format version 99"),
+        (lambda m: m.update(format="pickle"), "expected 'valle-checkpoint'"),
+        (lambda m: m.pop("codec"), "missing field 'codec'"),
+        (lambda m: m["model"].update(n_phonemes=5), "symbol table has"),
+    ],
+)
+def test_inconsistent_configs_are_refused(saved, edit, match):
+    path, _ = saved
+    meta = json.loads((path / "config.json").read_text())
+    edit(meta)
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(path)
+
+
+def test_missing_checkpoint_and_other_codec(saved, tmp_path_factory):
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        load_checkpoint(tmp_path_factory.mktemp("empty"))
+    path, _ = saved
+    card = CodecCard.from_json(json.loads((path / "config.json").read_text())["codec"])
+    other = CodecCard(**{**card.to_json(), "weights_sha256": "0" * 64})
+    with pytest.raises(CodecError, match="expected 0000"):
+        load_codec_for(other)  # codes from other codebooks must never be decoded with ours
+
+
+def test_export_halves_the_file_and_loads_back_close(saved, tmp_path_factory):
+    from valle.checkpoint import export_checkpoint
+
+    path, model = saved
+    out = export_checkpoint(path, tmp_path_factory.mktemp("export"))
+    assert (out / "model.safetensors").stat().st_size < 0.6 * (path / "model.safetensors").stat().st_size
+    assert not (out / "optimizer.pt").exists()
+    ckpt = load_checkpoint(out)
+    assert ckpt.extra["exported_from_sha256"] == load_checkpoint(path).weights_sha256
+    for (k, a), (_, b) in zip(model.state_dict().items(), ckpt.model.state_dict().items(), strict=True):
+        torch.testing.assert_close(b, a, atol=1e-3, rtol=1e-3, msg=k)
