@@ -84,15 +84,20 @@ def main() -> None:
         records = gen.synthesize(texts, prompt.audio, prompt.text, GenerationOptions(seed=args.seed), ids=ids)
         gen.save(records, args.out)
         for rec in records:
-            e = embed(rec.audio, rec.sample_rate)
-            sims = {s: float(e @ c) for s, c in centroids.items()}
-            own = sims.pop(name)
+            silent = not rec.watermark["applied"]  # decoded to digital silence: a generation failure
+            if silent:
+                sims, own = {s: float("nan") for s in centroids if s != name}, float("nan")
+            else:
+                e = embed(rec.audio, rec.sample_rate)
+                sims = {s: float(e @ c) for s, c in centroids.items()}
+                own = sims.pop(name)
             rows.append(
                 {
                     "id": rec.id,
                     "speaker": name,
                     "text": rec.text,
-                    "hyp": asr.transcribe(rec.audio, rec.sample_rate).text,
+                    "hyp": "" if silent else asr.transcribe(rec.audio, rec.sample_rate).text,
+                    "silent": silent,
                     "stop_reason": rec.stop_reason,
                     "seconds": len(rec.audio) / rec.sample_rate,
                     "sim_own": own,
@@ -118,14 +123,17 @@ def main() -> None:
             f"wer_{eng}": round(word_error_rate([r["text"] for r in rs], [r["hyp"] for r in rs]).wer, 4)
             for eng, rs in by_engine.items()
         },
-        "sim_own_speaker_mean": round(float(np.mean([r["sim_own"] for r in rows])), 4),
-        "sim_other_speakers_mean": round(float(np.mean([r["sim_other_mean"] for r in rows])), 4),
+        "silent_output_rate": round(float(np.mean([r["silent"] for r in rows])), 4),
+        "sim_own_speaker_mean": round(float(np.nanmean([r["sim_own"] for r in rows])), 4),
+        "sim_other_speakers_mean": round(float(np.nanmean([r["sim_other_mean"] for r in rows])), 4),
         "own_speaker_is_nearest_rate": round(
             float(np.mean([r["sim_own"] > r["sim_other_max"] for r in rows])), 4
         ),
         "eos_rate": round(float(np.mean([r["stop_reason"] == "eos" for r in rows])), 4),
         "mean_output_seconds": round(float(np.mean([r["seconds"] for r in rows])), 2),
-        "watermark_verified_rate": float(np.mean([r["watermark_detected"] for r in rows])),
+        "watermark_verified_rate_non_silent": float(
+            np.mean([r["watermark_detected"] for r in rows if not r["silent"]] or [float("nan")])
+        ),
         "wall_seconds": round(time.perf_counter() - t0, 1),
         "target_wer_max": 0.30,
     }

@@ -25,6 +25,18 @@ def real_speech_rows(real_speech_dir: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models' matmuls gain nothing from a second intra-op thread, and on a busy 2-core
+    machine spinning worker threads made such tests ~10x slower and erratic."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tone(seconds: float = 1.0, sr: int = 24000, freq: float = 220.0, amp: float = 0.3) -> np.ndarray:
     """A harmonic tone with a little noise: a small stand-in signal with speech-like spectrum."""
     t = np.arange(int(seconds * sr)) / sr

@@ -162,3 +162,10 @@ def test_codec_cli_roundtrip_and_info(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["name"] == "melvq_24khz"
     assert main(["codec", "roundtrip", str(tmp_path / "nope.wav"), str(tmp_path / "x.wav")]) == 2
     assert "file not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("n_frames", [1, 2, 4])
+def test_melvq_decodes_very_short_code_sequences(melvq, n_frames):
+    # a generator may stop after a frame or two; decoding must still give T * hop samples
+    out, _ = melvq.decode(torch.zeros(n_frames, 8, dtype=torch.long))
+    assert out.shape == (n_frames * 320,) and np.isfinite(out).all()

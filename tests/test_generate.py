@@ -31,14 +31,7 @@ from valle.sampling import (
 N_PHONEMES = 40
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # the debug model's matmuls are tiny: a second intra-op thread only adds synchronisation, and on
-    # a busy machine spinning worker threads made these tests ~10x slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 GREEDY = SamplingOptions(greedy=True)

@@ -37,14 +37,7 @@ CFG = TrainConfig(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # two cores shared with other test processes: oversubscribed intra-op threads make CPU steps
-    # 10x slower and erratic; one thread is also what torchrun gives each rank
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

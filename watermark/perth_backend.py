@@ -15,6 +15,8 @@ import numpy as np
 from valle.audio import check_audio
 from watermark.base import Detection, WatermarkError, check_payload, fit_length
 
+MIN_SECONDS = 0.25
+
 
 class PerthWatermarker:
     name = "perth"
@@ -41,13 +43,20 @@ class PerthWatermarker:
     def embed(self, wav: np.ndarray, sr: int, payload: Sequence[int] | None = None) -> np.ndarray:
         check_payload(payload, self.payload_bits, self.name)
         check_audio(wav, sr, "audio to watermark")
-        marked = self._impl.apply_watermark(np.asarray(wav, dtype=np.float32), sample_rate=sr)
+        padded = _pad_to_min(np.asarray(wav, dtype=np.float32), sr)
+        marked = self._impl.apply_watermark(padded, sample_rate=sr)
         return fit_length(np.asarray(marked, dtype=np.float32), len(wav))
 
     def detect(self, wav: np.ndarray, sr: int) -> Detection:
         check_audio(wav, sr, "audio to check", allow_silent=True)
-        score = float(np.mean(self._impl.get_watermark(np.asarray(wav, dtype=np.float32), sr, round=False)))
+        padded = _pad_to_min(np.asarray(wav, dtype=np.float32), sr)
+        score = float(np.mean(self._impl.get_watermark(padded, sr, round=False)))
         return Detection(score=score, detected=score >= self.threshold)
+
+
+def _pad_to_min(wav: np.ndarray, sr: int) -> np.ndarray:
+    """PerthNet's STFT (n_fft 2048 at 32 kHz) fails on clips under ~32 ms: zero-pad to 0.25 s."""
+    return fit_length(wav, max(len(wav), int(MIN_SECONDS * sr)))
 
 
 def _weights_sha256(package_dir: Path) -> str:

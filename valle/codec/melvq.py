@@ -83,12 +83,16 @@ class MelFrontend(torch.nn.Module):
 
     def synthesise(self, logmel: torch.Tensor) -> torch.Tensor:
         """``logmel [T, n_mels]`` -> ``wav [T * hop]`` by least-squares inverse mel + Griffin-Lim."""
+        cfg = self.cfg
         n_frames = logmel.shape[0]
         mel = torch.exp(logmel.T)
-        # one extra frame so the centred inverse STFT covers T * hop samples exactly
-        mel = torch.cat([mel, mel[:, -1:]], dim=1)
+        # one extra frame so the centred inverse STFT covers T * hop samples exactly, and silent
+        # frames up to the STFT's minimum length (its reflect padding needs > n_fft / 2 samples)
+        min_frames = cfg.n_fft // cfg.hop_length + 1
+        pad = max(1, min_frames - n_frames)
+        mel = torch.cat([mel, torch.full((mel.shape[0], pad), cfg.log_floor)], dim=1)
+        mel[:, n_frames] = mel[:, n_frames - 1]
         spec = self.inverse_mel(mel)
-        cfg = self.cfg
         # zero initial phase instead of random: decoding must be deterministic
         return AF.griffinlim(
             spec,
@@ -99,9 +103,9 @@ class MelFrontend(torch.nn.Module):
             power=1.0,
             n_iter=cfg.griffin_lim_iters,
             momentum=0.99,
-            length=n_frames * cfg.hop_length,
+            length=(mel.shape[1] - 1) * cfg.hop_length,
             rand_init=False,
-        )
+        )[: n_frames * cfg.hop_length]
 
 
 def rvq_encode(x: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
