@@ -8,7 +8,8 @@ the detector, and records whether the mark was found.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,13 @@ import torch
 from valle.audio import SILENCE_PEAK, AudioError, load_audio, save_audio
 from valle.checkpoint import Checkpoint, load_checkpoint
 from valle.codec import load_codec_for
-from valle.generate import GenerationOptions, continuation_inputs, cross_sentence_inputs, generate
+from valle.generate import (
+    GenerationOptions,
+    continuation_inputs,
+    cross_sentence_inputs,
+    expected_frames,
+    generate,
+)
 from valle.phonemes import Phonemizer, text_to_ids
 from watermark.base import Watermarker
 
@@ -61,6 +68,7 @@ class Generator:
         watermarker: Watermarker,
         device: str = "cpu",
         codec_weights: str | Path | None = None,
+        min_length_ratio: float = 0.5,
     ) -> None:
         if not isinstance(watermarker, Watermarker):
             raise TypeError(f"watermarker must implement watermark.base.Watermarker, got {type(watermarker)}")
@@ -69,6 +77,7 @@ class Generator:
         self.codec = load_codec_for(self.ckpt.codec, weights=codec_weights, device=device)
         self.phonemizer = Phonemizer()
         self.watermarker = watermarker
+        self.min_length_ratio = min_length_ratio
 
     def _ids(self, text: str, what: str) -> list[int]:
         try:
@@ -131,6 +140,15 @@ class Generator:
                 continuation_inputs(self._ids(t, f"text {i}"), prompt, frame_rate)
                 for i, t in enumerate(texts)
             ]
+        # Early <eos> is this model family's commonest failure when the prompt is a whole utterance
+        # (training always put <eos> after an utterance's end): <eos> is not allowed before
+        # min_length_ratio x the length expected at the prompt's speaking rate.
+        expected = min(
+            expected_frames(len(r.prompt_codes), r.prompt_phonemes, len(r.text_ids) - r.prompt_phonemes)
+            for r in requests
+        )
+        min_frames = max(options.min_frames, math.floor(self.min_length_ratio * expected))
+        options = replace(options, min_frames=min_frames)
         outputs = generate(
             self.model,
             [r.text_ids for r in requests],
