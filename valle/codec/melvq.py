@@ -8,7 +8,7 @@ with parts that need no pretrained network:
     quantise   r_0 = m_t;  c_q = argmin_k ||r_{q-1} - C_q[k]||;  r_q = r_{q-1} - C_q[c_q]   q = 1..8
     synthesis  m_t ~= sum_q C_q[c_q] -> exp -> inverse mel (least squares) -> Griffin-Lim
 
-The codebooks C_q (8 x 1024 x 100) are fitted by k-means (scikit-learn) on the residual of the
+The codebooks C_q (8 x 1024 x 100) are fitted by k-means (Lloyd, k-means++ seeding) on the residual of the
 previous stage, which is what residual VQ in EnCodec/SoundStream does with a learned encoder.
 As in EnCodec, codebook 1 carries most of the information and later ones refine it, which is the
 property VALL-E's AR/NAR split relies on.
@@ -190,7 +190,7 @@ def kmeans(
     """Lloyd's k-means with k-means++ seeding: ``x [N, D]`` -> (centres ``[k, D]``, labels ``[N]``).
 
     Written with batched matrix products rather than calling scikit-learn's KMeans: at N = 80k,
-    D = 100, k = 1024 scikit-learn took ~240 s per codebook on 2 cores, this takes ~10 s, and the
+    D = 100, k = 1024 scikit-learn took ~240 s per codebook on 2 cores, this took ~20 s, and the
     fitted codebooks are what ship with the package. Empty clusters are re-seeded from the points
     worst served by their centre.
     """
