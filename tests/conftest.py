@@ -43,3 +43,34 @@ def tone(seconds: float = 1.0, sr: int = 24000, freq: float = 220.0, amp: float 
     wav = sum(amp / k * np.sin(2 * np.pi * freq * k * t) for k in range(1, 6))
     rng = np.random.default_rng(0)
     return (wav + 0.01 * rng.standard_normal(t.shape)).astype(np.float32)
+
+
+SENTENCES = (
+    "The quick brown fox jumps over the lazy dog near the river bank.",
+    "She sells sea shells by the sea shore every summer morning.",
+    "A large crowd gathered to watch the old ship sail into the harbour.",
+)
+VOICES = {"spk-a": "en-us+m1", "spk-b": "en-us+f3", "spk-c": "en+m3"}
+
+
+@pytest.fixture(scope="session")
+def espeak_corpus(tmp_path_factory) -> Path:
+    """Nine real (synthetic-speech) utterances: three eSpeak NG voices x three sentences of ~4 s,
+    as ``manifest.jsonl`` + ``wavs/``. Small real speech for pipeline tests that must not need ../shared."""
+    import soundfile as sf
+
+    from valle.corpus.espeak import EspeakSynth
+
+    root = tmp_path_factory.mktemp("espeak_corpus")
+    (root / "wavs").mkdir()
+    rows = []
+    with EspeakSynth() as synth:
+        for spk, voice in VOICES.items():
+            for i, text in enumerate(SENTENCES):
+                wav, sr = synth.synthesize(text, voice=voice)
+                uid = f"{spk}_{i}"
+                sf.write(root / "wavs" / f"{uid}.wav", wav, sr)
+                rows.append({"id": uid, "audio": f"wavs/{uid}.wav", "text": text, "speaker": spk,
+                             "duration": round(len(wav) / sr, 3)})  # fmt: skip
+    (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root

@@ -14,6 +14,9 @@ COMMANDS = [
     ["train"],
     ["synth"],
     ["export"],
+    ["testset"],
+    ["score"],
+    ["merge"],
 ]
 
 
@@ -38,3 +41,11 @@ def test_bad_input_is_one_line_on_stderr_with_exit_code_2(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("valle synth: error:") and "--text" in err
+
+
+def test_score_with_a_missing_manifest_names_it(tmp_path, capsys):
+    code = main(["score", "--generator", f"folder:{tmp_path}", "--manifest", str(tmp_path / "nope.jsonl"),
+                 "--out", str(tmp_path / "run")])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("valle score: error:") and "nope.jsonl" in err and "not found" in err

@@ -59,6 +59,18 @@ class GenerationRecord:
         return d
 
 
+@dataclass(frozen=True)
+class SynthesisRequest:
+    """One item of a batch: its own text and prompt (a file, or codes already encoded [Tp, Q])."""
+
+    id: str
+    text: str
+    prompt_audio: str | Path | torch.Tensor
+    prompt_text: str | None = None  # transcript of the prompt (cross-sentence mode)
+    mode: str = "cross_sentence"
+    prompt_sr: int | None = None
+
+
 class Generator:
     """A loaded checkpoint, its codec, the phonemizer and a watermark backend, ready to synthesise."""
 
@@ -118,47 +130,74 @@ class Generator:
         transcript. ``continuation``: ``prompt_audio`` is the whole target utterance and ``texts`` its
         full transcript; its first 3 s are the prompt and the rest is regenerated.
         """
-        options = options or GenerationOptions()
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if not texts:
             raise ValueError("no texts to synthesise")
         ids = ids or [f"utt{i:04d}" for i in range(len(texts))]
-        if len(ids) != len(texts) or len(set(ids)) != len(ids):
+        if len(ids) != len(texts):
             raise ValueError(f"need {len(texts)} distinct ids, got {ids}")
         prompt = self._prompt_codes(prompt_audio, prompt_sr)
+        requests = [
+            SynthesisRequest(uid, text, prompt, prompt_text, mode)
+            for uid, text in zip(ids, texts, strict=True)
+        ]
+        return self.synthesize_requests(requests, options)
+
+    def synthesize_requests(
+        self,
+        requests: list[SynthesisRequest],
+        options: GenerationOptions | None = None,
+        seeds: list[int] | None = None,
+    ) -> list[GenerationRecord]:
+        """Generate a batch in which every request has its own prompt (an evaluation test set).
+
+        Item i samples with ``seeds[i]`` (default ``options.seed + i``): give explicit seeds to make
+        an item's output independent of its position in the batch.
+        """
+        options = options or GenerationOptions()
+        if not requests:
+            raise ValueError("no texts to synthesise")
+        ids = [r.id for r in requests]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"need distinct ids, got {ids}")
         frame_rate = self.codec.frame_rate
-        if mode == "cross_sentence":
-            prompt_ids = self._ids(prompt_text, "prompt text")
-            word = self.ckpt.symbols.word_id
-            requests = [
-                cross_sentence_inputs(prompt_ids, self._ids(t, f"text {i}"), prompt, word)
-                for i, t in enumerate(texts)
-            ]
-        else:
-            requests = [
-                continuation_inputs(self._ids(t, f"text {i}"), prompt, frame_rate)
-                for i, t in enumerate(texts)
-            ]
+        prompted = []
+        for i, r in enumerate(requests):
+            if r.mode not in MODES:
+                raise ValueError(f"request {r.id}: mode must be one of {MODES}, got {r.mode!r}")
+            prompt = (
+                r.prompt_audio
+                if isinstance(r.prompt_audio, torch.Tensor)
+                else self._prompt_codes(r.prompt_audio, r.prompt_sr)
+            )
+            if r.mode == "cross_sentence":
+                prompt_ids = self._ids(r.prompt_text or "", f"prompt text {i} ({r.id})")
+                text_ids = self._ids(r.text, f"text {i} ({r.id})")
+                prompted.append(
+                    cross_sentence_inputs(prompt_ids, text_ids, prompt, self.ckpt.symbols.word_id)
+                )
+            else:
+                text_ids = self._ids(r.text, f"text {i} ({r.id})")
+                prompted.append(continuation_inputs(text_ids, prompt, frame_rate))
         # Early <eos> is this model family's commonest failure when the prompt is a whole utterance
         # (training always put <eos> after an utterance's end): <eos> is not allowed before
         # min_length_ratio x the length expected at the prompt's speaking rate.
         expected = min(
-            expected_frames(len(r.prompt_codes), r.prompt_phonemes, len(r.text_ids) - r.prompt_phonemes)
-            for r in requests
+            expected_frames(len(p.prompt_codes), p.prompt_phonemes, len(p.text_ids) - p.prompt_phonemes)
+            for p in prompted
         )
         min_frames = max(options.min_frames, math.floor(self.min_length_ratio * expected))
         options = replace(options, min_frames=min_frames)
         outputs = generate(
             self.model,
-            [r.text_ids for r in requests],
-            [r.prompt_codes for r in requests],
-            [r.prompt_phonemes for r in requests],
+            [p.text_ids for p in prompted],
+            [p.prompt_codes for p in prompted],
+            [p.prompt_phonemes for p in prompted],
             options,
             frame_rate,
+            seeds=seeds,
         )
         records = []
-        for uid, text, out in zip(ids, texts, outputs, strict=True):
+        for r, out in zip(requests, outputs, strict=True):
             wav, sr = self.codec.decode(out.codes)
             mark = {**self.watermarker.card(), "payload": None, "applied": True}
             if float(np.abs(wav).max()) < SILENCE_PEAK:
@@ -170,14 +209,14 @@ class Generator:
                 marked = self.watermarker.embed(wav, sr, payload=None)
             records.append(
                 GenerationRecord(
-                    id=uid,
-                    text=text,
+                    id=r.id,
+                    text=r.text,
                     audio=marked,
                     sample_rate=sr,
                     codes=out.codes,
                     stop_reason=out.stop_reason,
                     seed=out.seed,
-                    mode=mode,
+                    mode=r.mode,
                     sampling={**asdict(options), "resampled_count": out.resampled_count},
                     watermark=mark,
                     model_sha256=self.ckpt.weights_sha256,

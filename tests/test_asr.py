@@ -1,0 +1,162 @@
+"""ASR backends: batch == per-item, seeded fallbacks, the fallback-exhausted flag, model cards, and the
+openai-whisper loading path (on a random checkpoint; official weights are not reachable offline)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+
+from evaluation.asr import (
+    WHISPER_SR,
+    ASROptions,
+    FasterWhisperASR,
+    OpenAIWhisperASR,
+    Transcript,
+    default_model_dir,
+    load_asr,
+)
+from tests.conftest import tone
+from valle.audio import AudioError, load_audio
+
+CLIPS = ("vctk_p243_023", "vctk_p225_002", "kathleen_arctic_a0008_1592748408")
+
+
+@pytest.fixture(scope="module")
+def fw() -> FasterWhisperASR:
+    return FasterWhisperASR()
+
+
+@pytest.fixture(scope="module")
+def clips(real_speech_dir, real_speech_rows) -> dict[str, tuple[dict, np.ndarray]]:
+    """Three real clips at 16 kHz (the named ones when present)."""
+    rows = [r for r in real_speech_rows if r["id"] in CLIPS] or real_speech_rows[:3]
+    return {r["id"]: (r, load_audio(real_speech_dir / r["audio"], sample_rate=WHISPER_SR)[0]) for r in rows}
+
+
+@pytest.fixture(scope="module")
+def per_item(fw, clips) -> dict[str, Transcript]:
+    return {i: fw.transcribe(wav, WHISPER_SR, name=i) for i, (_, wav) in clips.items()}
+
+
+@pytest.fixture(scope="module")
+def batched(fw, clips) -> dict[str, Transcript]:
+    ids = list(clips)[::-1]  # another order than per_item's
+    return dict(zip(ids, fw.transcribe_batch([clips[i][1] for i in ids], WHISPER_SR, names=ids), strict=True))
+
+
+def test_batch_equals_per_item(per_item, batched):
+    assert batched == per_item
+
+
+def test_fallback_not_exhausted_on_real_speech(per_item):
+    assert all(not t.fallback_exhausted and t.text for t in per_item.values())
+
+
+def test_no_repetition_loop_on_vctk_p243_023(clips, per_item, batched):
+    if "vctk_p243_023" not in clips:
+        pytest.skip("vctk_p243_023 is not in the real speech set")
+    ref_words = len(clips["vctk_p243_023"][0]["text"].split())
+    hyp = per_item["vctk_p243_023"].text
+    assert 0.5 * ref_words < len(hyp.split()) < 1.5 * ref_words, hyp
+    assert batched["vctk_p243_023"].text == hyp  # decoding it again gives the same text
+
+
+def test_sampled_fallback_is_seeded_and_flags_exhaustion(clips, real_speech_dir, real_speech_rows):
+    """Genuinely repeated speech: 4x "Please call Stella." fails the compression-ratio check at
+    temperature 0 (2.55 > 2.4) and is re-decoded by sampling; 6x fails it at every temperature. The
+    4x clip must decode the same before and after other sampled decodes (CTranslate2's generator
+    would otherwise carry over from the previous utterance)."""
+    row = next((r for r in real_speech_rows if r["id"] == "vctk_p225_001"), None)
+    if row is None:
+        pytest.skip("vctk_p225_001 is not in the real speech set")
+    wav, _ = load_audio(real_speech_dir / row["audio"], sample_rate=WHISPER_SR)
+    x4, x6 = np.tile(wav, 4), np.tile(wav, 6)
+    asr = FasterWhisperASR(options=ASROptions(temperatures=(0.0, 1.0)))  # fewer temperatures: faster
+    first, rep6, again = asr.transcribe_batch([x4, x6, x4], WHISPER_SR)
+    assert first.temperature == 1.0 and first == again
+    assert rep6.fallback_exhausted and rep6.temperature == 1.0 and rep6.compression_ratio > 2.4
+
+
+def test_batch_rejects_bad_clip_by_name(fw):
+    with pytest.raises(AudioError, match="clip-b"):
+        fw.transcribe_batch(
+            [tone(0.5, WHISPER_SR), np.zeros(800, np.float32)], WHISPER_SR, ["clip-a", "clip-b"]
+        )
+
+
+def test_faster_whisper_card(fw):
+    card = fw.card()
+    assert card["sha256"] == hashlib.sha256((default_model_dir() / "model.bin").read_bytes()).hexdigest()
+    assert card == {
+        "backend": "faster-whisper",
+        "model": str(default_model_dir()),
+        "sha256": card["sha256"],
+        "beam_size": 5,
+        "temperatures": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+        "seed": 0,
+    }
+
+
+@pytest.fixture(scope="module")
+def random_pt(tmp_path_factory):
+    """A randomly initialised, very small Whisper saved as the official checkpoints are. Only for the
+    loading path: it transcribes nonsense."""
+    import torch
+    from whisper.model import ModelDimensions, Whisper
+
+    dims = ModelDimensions(
+        n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=1,
+        n_vocab=51864, n_text_ctx=448, n_text_state=64, n_text_head=2, n_text_layer=1,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = Whisper(dims)
+    with torch.no_grad():  # whisper leaves this torch.empty (checkpoints fill it); garbage gives NaN logits
+        model.decoder.positional_embedding.normal_(0.0, 0.02)
+    path = tmp_path_factory.mktemp("whisper") / "tiny_random.pt"
+    torch.save({"dims": asdict(dims), "model_state_dict": model.state_dict()}, path)
+    return path
+
+
+def test_openai_whisper_loads_a_checkpoint_and_transcribes(random_pt, one_torch_thread):
+    options = ASROptions(temperatures=(0.0,), max_new_tokens=8)
+    asr = load_asr("openai-whisper", model=random_pt, options=options)
+    assert isinstance(asr, OpenAIWhisperASR)
+    card = asr.card()
+    assert card["sha256"] == hashlib.sha256(random_pt.read_bytes()).hexdigest()
+    assert (card["backend"], card["model"], card["temperatures"]) == ("openai-whisper", str(random_pt), [0.0])
+    wavs = [tone(1.0), tone(0.7, freq=330.0)]
+    out = asr.transcribe_batch(wavs, 24000)
+    assert len(out) == 2 and all(isinstance(t, Transcript) and isinstance(t.text, str) for t in out)
+    assert all(isinstance(t.avg_logprob, float) and isinstance(t.fallback_exhausted, bool) for t in out)
+    assert asr.transcribe_batch(wavs, 24000) == out
+
+
+def test_openai_whisper_missing_or_corrupt_named_model(tmp_path):
+    import whisper
+
+    url = whisper._MODELS["tiny.en"]
+    with pytest.raises(FileNotFoundError) as err:
+        OpenAIWhisperASR("tiny.en", download_root=tmp_path)
+    msg = str(err.value)
+    assert url in msg and url.split("/")[-2] in msg and str(tmp_path / "tiny.en.pt") in msg
+    (tmp_path / "tiny.en.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="expected " + url.split("/")[-2]):
+        OpenAIWhisperASR("tiny.en", download_root=tmp_path)
+
+
+def test_bad_names_and_files_are_reported(tmp_path):
+    import torch
+
+    with pytest.raises(ValueError, match=r"tiny\.en"):
+        OpenAIWhisperASR("tiny-en")
+    with pytest.raises(ValueError, match="faster-whisper, openai-whisper"):
+        load_asr("whisper.cpp")
+    bad = tmp_path / "weights.pt"
+    torch.save({"state_dict": {}}, bad)
+    with pytest.raises(ValueError, match=r"weights\.pt: not a Whisper checkpoint"):
+        OpenAIWhisperASR(bad)
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.pt"):
+        OpenAIWhisperASR(tmp_path / "nowhere.pt")
