@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     from valle import checkpoint, synthesize, train
     from valle.codec import cli as codec_cli
     from valle.corpus import cli as corpus_cli
+    from watermark import verify as wm_verify
 
     parser = argparse.ArgumentParser(
         prog="valle",
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     synthesize.add_parser(sub)
     checkpoint.add_parser(sub)
     score_cli.add_parser(sub)
+    wm_verify.add_parser(sub)
     return parser
 
 

@@ -31,6 +31,7 @@ class GenRequest:
     sample_seed: int  # the sampler's seed for this (item, seed): independent of batch position
     prompt_wav: Path  # the prompt cut (mono wav)
     out_wav: Path  # where the output must be written
+    ledger: Path | None = None  # provenance ledger of this writer (one per rank), for signed outputs
 
     @property
     def key(self) -> str:
@@ -73,15 +74,17 @@ class ValleGenerator:
     name = "valle"
 
     def __init__(
-        self, checkpoint: str | Path, device: str = "cpu", watermark: str = "perth", **options
+        self, checkpoint: str | Path, device: str = "cpu", watermark: dict | None = None, **options
     ) -> None:
+        """``watermark``: Generator keyword arguments (watermarker, key, signer); default Perth, unsigned."""
         from valle.generate import GenerationOptions
         from valle.sampling import SamplingOptions
         from valle.synthesize import Generator
         from watermark import load_watermarker
 
         self.checkpoint = Path(checkpoint)
-        self.gen = Generator(self.checkpoint, load_watermarker(watermark, device), device)
+        watermark = watermark or {"watermarker": load_watermarker("perth", device)}
+        self.gen = Generator(self.checkpoint, device=device, **watermark)
         sampling = SamplingOptions(**options.pop("sampling", {}))
         self.options = GenerationOptions(sampling=sampling, **options)
 
@@ -96,6 +99,8 @@ class ValleGenerator:
             "step": ck.step,
             "codec": self.gen.codec.card.to_json(),
             "watermark": self.gen.watermarker.card(),
+            "key_id": self.gen.key.key_id if self.gen.key else None,
+            "signed": self.gen.signer is not None,
             "options": asdict(self.options),
         }
 
@@ -118,7 +123,7 @@ class ValleGenerator:
             # one bad item must not sink its batch: retry one by one to find it
             return [r for req in requests for r in self.generate([req])]
         out_dir = requests[0].out_wav.parent
-        self.gen.save(records, out_dir)
+        self.gen.save(records, out_dir, ledger=requests[0].ledger)
         for rec in records:
             results[rec.id] = GenResult(
                 rec.id,
@@ -210,15 +215,18 @@ class FolderGenerator:
         return out
 
 
-def load_generator(spec: str, device: str = "cpu", **valle_options) -> GeneratorPlugin:
-    """``valle:<checkpoint>``, ``command:<template>`` or ``folder:<dir>``."""
+def load_generator(
+    spec: str, device: str = "cpu", watermark: dict | None = None, **valle_options
+) -> GeneratorPlugin:
+    """``valle:<checkpoint>``, ``command:<template>`` or ``folder:<dir>``; ``watermark`` and the
+    generation options apply to ``valle:`` only."""
     kind, sep, value = spec.partition(":")
     if not sep or not value:
         raise ValueError(
             f"generator spec must be valle:<checkpoint>, command:<template> or folder:<dir>, got {spec!r}"
         )
     if kind == "valle":
-        return ValleGenerator(value, device=device, **valle_options)
+        return ValleGenerator(value, device=device, watermark=watermark, **valle_options)
     if kind == "command":
         return CommandGenerator(value)
     if kind == "folder":

@@ -56,6 +56,7 @@ class RunOptions:
     device: str = "cpu"
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     valle_options: tuple[tuple[str, object], ...] = ()  # GenerationOptions overrides for valle:
+    watermark: dict | None = None  # valle: Generator watermark arguments (watermarker, key, signer)
 
     def __post_init__(self) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -72,8 +73,18 @@ def rank_world() -> tuple[int, int]:
     return rank, world
 
 
+BOOL_COLUMNS = ("any_flag", "asr_fallback_exhausted", "watermark_applied", "watermark_verified", "has_target")
+
+
 def write_parquet(df: pd.DataFrame, path: Path) -> Path:
-    """Atomic: a killed process leaves no half-written table under the final name."""
+    """Atomic: a killed process leaves no half-written table under the final name.
+
+    Yes/no columns are stored as nullable booleans whatever a chunk happened to hold (a chunk of
+    only clean rows would otherwise infer ``bool`` and one with a failure ``object``).
+    """
+    for col in df.columns:
+        if col in BOOL_COLUMNS or (col.startswith("flag_") and col != "flag_reasons"):
+            df[col] = df[col].astype("boolean")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial")
     df.to_parquet(tmp, index=False)
@@ -130,29 +141,30 @@ class Run:
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def _fingerprint(config: dict) -> str:
-    keys = ("testset_sha256", "generator", "seeds", "chunk_size", "scorers")
-    blob = json.dumps({k: config.get(k) for k in keys}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
+FINGERPRINT_KEYS = ("testset_sha256", "generator", "seeds", "chunk_size", "scorers", "thresholds")
 
 
 def _claim_dir(run: Run, config: dict) -> None:
-    """Write config.json, or check that an existing run directory was made with the same settings."""
+    """Write config.json, or check that an existing run directory was made with the same settings.
+
+    Settings a previous call did not fix (the scorers of a generate-only call) are added; settings it
+    did fix must be equal, so two runs' rows are never mixed in one directory.
+    """
     path = run.dir / "config.json"
-    config["fingerprint"] = _fingerprint(config)
+    config = json.loads(json.dumps(config, default=str))  # compare as stored (tuples become lists)
     if path.is_file():
         old = json.loads(path.read_text())
-        if old.get("fingerprint") != config["fingerprint"]:
-            differ = [
-                k
-                for k in ("testset_sha256", "generator", "seeds", "chunk_size", "scorers")
-                if old.get(k) != config.get(k)
-            ]
+        differ = [
+            k for k in FINGERPRINT_KEYS if None not in (old.get(k), config.get(k)) and old[k] != config[k]
+        ]
+        if differ:
             raise ValueError(
-                f"{run.dir} holds a run with different settings ({', '.join(differ) or 'fingerprint'}); "
+                f"{run.dir} holds a run with different settings ({', '.join(differ)}); "
                 "use another --out, or delete it to start over"
             )
-        return
+        config = {**config, **{k: old[k] for k in FINGERPRINT_KEYS if old.get(k) is not None}}
+        if all(old.get(k) == config.get(k) for k in FINGERPRINT_KEYS):
+            return
     _write_json(path, config)
 
 
@@ -198,7 +210,9 @@ def score(
         "git_commit": _git_commit(),
     }
     if "generate" in stages:
-        generator = load_generator(options.generator, options.device, **dict(options.valle_options))
+        generator = load_generator(
+            options.generator, options.device, watermark=options.watermark, **dict(options.valle_options)
+        )
         config["generator"] = generator.card()
     if "score" not in stages:
         scorers = None
@@ -209,18 +223,13 @@ def score(
             raise ValueError("the scorers passed in were built for another scoring config")
         config["scorers"] = scorers.cards()
         config["thresholds"] = options.scoring.thresholds.__dict__
-    cfg_path = out / "config.json"
-    if cfg_path.is_file():  # a stage run alone keeps the other stage's recorded settings
-        old = json.loads(cfg_path.read_text())
-        for k in ("generator", "scorers", "thresholds"):
-            config.setdefault(k, old.get(k))
     _claim_dir(run, config)
 
     if generator is not None:
         todo = [k for k in mine if not run.part("generations", k).is_file()]
         t_model = 0.0
         for k in tqdm(todo, desc=f"generate (rank {rank})", disable=not progress):
-            rows, seconds = _generate_chunk(run, generator, chunks[k], options.seeds)
+            rows, seconds = _generate_chunk(run, generator, chunks[k], options.seeds, rank)
             t_model += seconds
             write_parquet(pd.DataFrame(rows), run.part("generations", k))
         _write_json(
@@ -253,7 +262,9 @@ def score(
     return run
 
 
-def _generate_chunk(run: Run, generator, ids: list[str], seeds: tuple[int, ...]) -> tuple[list[dict], float]:
+def _generate_chunk(
+    run: Run, generator, ids: list[str], seeds: tuple[int, ...], rank: int = 0
+) -> tuple[list[dict], float]:
     """Generate every (item, seed) of one chunk in one batch; returns the rows and the model's seconds."""
     rows, requests = [], []
     for iid in ids:
@@ -277,6 +288,7 @@ def _generate_chunk(run: Run, generator, ids: list[str], seeds: tuple[int, ...])
                     base["sample_seed"],
                     run.dir / "prompts" / f"{iid}.wav",
                     run.dir / "generated" / f"{key}.wav",
+                    run.dir / "generated" / f"ledger.rank{rank}.jsonl",
                 )
             )
             rows.append(base)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from evaluation.testset import PROTOCOLS, TestSet, TestSetOptions, build_test_set, seed_tts_eval_test_set
+from valle.synthesize import add_watermark_args
 
 RAW = argparse.RawDescriptionHelpFormatter
 
@@ -113,6 +114,7 @@ def add_parser(sub) -> None:
     p.add_argument("--top-p", type=float, default=0.8, help="valle: nucleus sampling")
     p.add_argument("--temperature", type=float, default=1.0, help="valle: sampling temperature")
     p.add_argument("--no-ras", action="store_true", help="valle: disable repetition-aware sampling")
+    add_watermark_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_score)
 
@@ -139,12 +141,14 @@ def run_testset(args) -> int:
 def run_score(args) -> int:
     from evaluation.run import STAGES, RunOptions, rank_world, score
     from evaluation.scoring import ScoringConfig
+    from valle.synthesize import watermark_setup
 
-    valle_options = {}
+    valle_options, watermark = {}, None
     if args.generator.startswith("valle:"):
         valle_options = {
             "sampling": {"top_p": args.top_p, "temperature": args.temperature, "ras": not args.no_ras}
         }
+        watermark = watermark_setup(args, args.device)
     options = RunOptions(
         generator=args.generator,
         seeds=tuple(args.seeds),
@@ -159,6 +163,7 @@ def run_score(args) -> int:
             vad=not args.no_vad,
         ),
         valle_options=tuple(valle_options.items()),
+        watermark=watermark,
     )
     stages = tuple(args.stage) if args.stage else STAGES
     score(args.out, _load_testset(args), options, stages, progress=not args.quiet)

@@ -17,6 +17,9 @@ COMMANDS = [
     ["testset"],
     ["score"],
     ["merge"],
+    ["verify"],
+    ["keys"],
+    ["keys", "new"],
 ]
 
 

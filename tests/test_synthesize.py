@@ -75,3 +75,52 @@ def test_symbols_missing_from_the_checkpoint_table_are_named(tmp_path, prompt_wa
     gen = Generator(tmp_path, load_watermarker("perth"))
     with pytest.raises(ValueError, match=r"prompt text .*: symbols not in the table: .*U\+"):
         gen.synthesize(["Hello world."], prompt_wav, "A tone.")
+
+
+def test_signed_outputs_verify_as_authentic_and_are_in_the_ledger(generator, prompt_wav, tmp_path):
+    from watermark.keys import generate_key
+    from watermark.provenance import Ledger, generate_signing_key, load_public_key
+    from watermark.verify import verify_file
+
+    signer = generate_signing_key(tmp_path / "k.pem", tmp_path / "k.pub.pem")
+    key = generate_key(tmp_path / "wm.key.json", "test-key")
+    signed = Generator(generator.ckpt, generator.watermarker, key=key, signer=signer)
+    records = signed.synthesize(["Hello there."], prompt_wav, "A tone.", GenerationOptions(max_seconds=1.0))
+    (path,) = signed.save(records, tmp_path / "out")
+    manifest = json.loads(path.with_name("utt0000.manifest.json").read_text())
+    assert manifest["utterance_id"] == "utt0000" and manifest["model_sha256"] == generator.ckpt.weights_sha256
+    assert manifest["payload"] is None  # Perth carries no bits: the key is not used, and not recorded
+    (entry,) = Ledger(tmp_path / "out" / "ledger.jsonl").entries()
+    assert entry.manifest == manifest
+    verdict = verify_file(
+        path, public_key=load_public_key(tmp_path / "k.pub.pem"), watermarker=generator.watermarker
+    )
+    assert verdict["verdict"] == "authentic", verdict["reasons"]
+    assert key.secret.hex() not in (tmp_path / "out" / "ledger.jsonl").read_text()
+
+
+def test_a_payload_backend_needs_a_key_and_embeds_the_keyed_payload(generator, prompt_wav, tmp_path):
+    """AudioSeal with random weights (loading path only: its detector decodes noise, so the saved
+    file's payload check must be able to fail, and is recorded either way)."""
+    from tests.test_audioseal import DETECTOR_CARD, GENERATOR_CARD, official_layout, random_network, xp_cfg
+    from watermark.base import WatermarkError
+    from watermark.keys import generate_key
+
+    paths = {}
+    for role, card in (("generator", GENERATOR_CARD), ("detector", DETECTOR_CARD)):
+        paths[role] = tmp_path / f"{role}.pth"
+        state = official_layout(random_network(card).state_dict())
+        torch.save({"xp.cfg": xp_cfg(card), "model": state}, paths[role])
+    audioseal = load_watermarker("audioseal", **paths)
+    with pytest.raises(WatermarkError, match="key"):
+        Generator(generator.ckpt, audioseal)
+    key = generate_key(tmp_path / "wm.key.json", "k1")
+    gen = Generator(generator.ckpt, audioseal, key=key)
+    (rec,) = gen.synthesize(["Hello there."], prompt_wav, "A tone.", GenerationOptions(max_seconds=1.0))
+    expected = key.payload("utt0000", generator.ckpt.weights_sha256, 16)
+    assert rec.watermark["payload"] == "".join(map(str, expected)) and rec.watermark["key_id"] == "k1"
+    gen.save([rec], tmp_path / "out")
+    assert isinstance(rec.verification["payload_match"], bool)
+    assert rec.verification["detected"] is (
+        rec.verification["payload_match"] and rec.verification["score"] >= 0.5
+    )

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from valle.audio import load_audio
-from watermark import Watermarker, WatermarkError, load_watermarker
+from watermark import WATERMARKERS, Watermarker, WatermarkError, load_watermarker
+from watermark.base import check_wav
 
 
 @pytest.fixture(scope="module")
@@ -39,3 +43,50 @@ def test_very_short_clips_are_marked_without_error(perth):
     marked = perth.embed(clip, 24000)
     assert marked.shape == clip.shape
     assert 0.0 <= perth.detect(marked, 24000).score <= 1.0
+
+
+def test_silence_is_refused_for_marking_and_scores_zero(perth):
+    silence = np.zeros(24000, np.float32)
+    with pytest.raises(WatermarkError, match="audio to watermark: audio is silent"):
+        perth.embed(silence, 24000)
+    det = perth.detect(silence, 24000)  # PerthNet itself scores silence NaN
+    assert det.score == 0.0 and not det.detected
+    with pytest.raises(WatermarkError, match=r"'perth' has no option generator"):
+        load_watermarker("perth", generator="x.pth")
+
+
+@pytest.mark.parametrize(
+    ("wav", "sr", "message"),
+    [
+        (np.zeros(0, np.float32), 24000, "empty"),
+        (np.array([0.1, np.nan, np.inf], np.float32), 24000, "2 NaN/Inf samples"),
+        (np.ones(100, np.float32) * 0.1, 1000, "sample rate 1000 Hz is outside"),
+        (np.ones(100, np.float32) * 0.1, 24000.0, "sample rate 24000.0 Hz"),
+        (np.ones((100, 2), np.float32) * 0.1, 24000, r"shape \(100, 2\)"),
+        (np.ones(100, np.int16), 24000, "dtype int16"),
+    ],
+)
+def test_check_wav_names_the_audio_and_the_problem(wav, sr, message):
+    with pytest.raises(WatermarkError, match=f"clip.wav: .*{message}"):
+        check_wav(wav, sr, "clip.wav")
+
+
+def test_check_wav_accepts_usable_audio():
+    check_wav(np.zeros(10, np.float32), 16000, "silence")  # silence is fine unless refused explicitly
+    check_wav(np.ones(10, np.float64) * 0.1, np.int64(48000), "clip", allow_silent=False)
+    assert WATERMARKERS == ("perth", "audioseal")
+
+
+def test_watermark_is_a_leaf_package():
+    """``watermark`` may import third-party libraries but none of the project's other packages."""
+    forbidden = {"valle", "evaluation", "detection", "reports"}
+    for path in sorted((Path(__file__).resolve().parents[1] / "watermark").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            else:
+                continue
+            bad = [n for n in names if n.split(".")[0] in forbidden]
+            assert not bad, f"{path.name}:{node.lineno} imports {bad}"

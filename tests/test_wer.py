@@ -34,8 +34,11 @@ def test_empty_hypothesis_counts_all_deletions_and_empty_reference_is_an_error()
 
 
 def test_bundled_whisper_transcribes_real_speech(real_speech_dir, real_speech_rows):
+    """Validity: on read English speech (one clip of each of the 16 speakers) the ground-truth WER of
+    tiny.en is in the single digits, as expected for read speech (all 50 clips: 3.0%)."""
     asr = FasterWhisperASR()
-    rows = [r for r in real_speech_rows if r["id"] in ("vctk_p225_002", "ljspeech_LJ001-0003")]
+    rows = list({r["speaker"]: r for r in real_speech_rows}.values())
+    assert len(rows) >= 10
     refs, hyps = [], []
     for r in rows:
         wav, sr = load_audio(real_speech_dir / r["audio"])

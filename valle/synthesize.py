@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from valle.audio import SILENCE_PEAK, AudioError, load_audio, save_audio
 from valle.checkpoint import Checkpoint, load_checkpoint
@@ -26,7 +27,9 @@ from valle.generate import (
     generate,
 )
 from valle.phonemes import Phonemizer, text_to_ids
-from watermark.base import Watermarker
+from watermark.base import Watermarker, WatermarkError
+from watermark.keys import WatermarkKey
+from watermark.provenance import Ledger, build_manifest, payload_from_str, payload_to_str, sign_manifest
 
 MIN_PROMPT_SECONDS = 1.0
 MAX_PROMPT_SECONDS = 30.0
@@ -81,15 +84,26 @@ class Generator:
         device: str = "cpu",
         codec_weights: str | Path | None = None,
         min_length_ratio: float = 0.5,
+        key: WatermarkKey | None = None,
+        signer: Ed25519PrivateKey | None = None,
     ) -> None:
+        """``key`` derives each output's payload (needed by backends that carry one); ``signer``
+        signs a provenance manifest per saved file and appends it to the folder's ledger."""
         if not isinstance(watermarker, Watermarker):
             raise TypeError(f"watermarker must implement watermark.base.Watermarker, got {type(watermarker)}")
+        if watermarker.payload_bits and key is None:
+            raise WatermarkError(
+                f"{watermarker.name} carries a {watermarker.payload_bits}-bit payload, which is derived from "
+                "a secret watermark key: give a key file (or set VALLE_WATERMARK_KEY)"
+            )
         self.ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, device)
         self.model = self.ckpt.model.to(device).eval()
         self.codec = load_codec_for(self.ckpt.codec, weights=codec_weights, device=device)
         self.phonemizer = Phonemizer()
         self.watermarker = watermarker
         self.min_length_ratio = min_length_ratio
+        self.key = key
+        self.signer = signer
 
     def _ids(self, text: str, what: str) -> list[int]:
         try:
@@ -199,14 +213,22 @@ class Generator:
         records = []
         for r, out in zip(requests, outputs, strict=True):
             wav, sr = self.codec.decode(out.codes)
-            mark = {**self.watermarker.card(), "payload": None, "applied": True}
+            bits = self.watermarker.payload_bits
+            # payload = truncated HMAC(key, id | model): ties the file to this request and model
+            payload = self.key.payload(r.id, self.ckpt.weights_sha256, bits) if bits else None
+            mark = {
+                **self.watermarker.card(),
+                "payload": payload_to_str(payload),
+                "key_id": self.key.key_id if bits else None,
+                "applied": True,
+            }
             if float(np.abs(wav).max()) < SILENCE_PEAK:
                 # a known VALL-E failure (e.g. <eos> at once): nothing audible to mark or to misuse;
                 # kept, all zeros, so harnesses count it as a silence failure instead of losing it
                 marked = np.zeros_like(wav)
                 mark.update(applied=False, reason="silent output: nothing to mark")
             else:
-                marked = self.watermarker.embed(wav, sr, payload=None)
+                marked = self.watermarker.embed(wav, sr, payload=payload)
             records.append(
                 GenerationRecord(
                     id=r.id,
@@ -225,18 +247,48 @@ class Generator:
             )
         return records
 
-    def save(self, records: list[GenerationRecord], out_dir: str | Path) -> list[Path]:
-        """Write ``<id>.wav`` + ``<id>.json`` per record, then read each back and check its mark."""
+    def save(
+        self, records: list[GenerationRecord], out_dir: str | Path, ledger: str | Path | None = None
+    ) -> list[Path]:
+        """Write ``<id>.wav`` + ``<id>.json`` per record, then read each back and check its mark
+        (presence, and the payload where the backend carries one).
+
+        With a signer, ``<id>.manifest.json`` (signed provenance) is written too and appended to
+        ``ledger`` (default ``<out_dir>/ledger.jsonl``; one writer per ledger file).
+        """
         out_dir = Path(out_dir)
+        ledger = Ledger(ledger or out_dir / "ledger.jsonl") if self.signer is not None else None
         paths = []
         for rec in records:
             path = save_audio(out_dir / f"{rec.id}.wav", rec.audio, rec.sample_rate)
             back, sr = load_audio(path, allow_silent=True)
             if rec.watermark["applied"]:
                 det = self.watermarker.detect(back, sr)
-                rec.verification = {"detected": bool(det.detected), "score": round(det.score, 4)}
+                ok = bool(det.detected)
+                rec.verification = {"detected": ok, "score": round(det.score, 4)}
+                if rec.watermark["payload"] is not None:
+                    same = payload_to_str(det.payload) == rec.watermark["payload"]
+                    rec.verification.update(payload_match=same, detected=ok and same)
             else:
                 rec.verification = {"detected": False, "score": 0.0, "reason": rec.watermark["reason"]}
+            if ledger is not None:
+                manifest = build_manifest(
+                    path,
+                    utterance_id=rec.id,
+                    payload=payload_from_str(rec.watermark["payload"]),
+                    key_id=rec.watermark["key_id"],
+                    model_sha256=rec.model_sha256,
+                    generator={"name": "valle", "step": self.ckpt.step, "mode": rec.mode, "codec": rec.codec},
+                    sampling={**rec.sampling, "seed": rec.seed},
+                    watermark={k: v for k, v in rec.watermark.items() if k not in ("payload", "key_id")},
+                )
+                signed = sign_manifest(manifest, self.signer)
+                manifest_path = out_dir / f"{rec.id}.manifest.json"
+                tmp = manifest_path.with_name(f".{manifest_path.name}.partial")
+                tmp.write_text(json.dumps(signed, indent=2, ensure_ascii=False) + "\n")
+                tmp.replace(manifest_path)
+                ledger.append(signed)
+                rec.verification["provenance"] = manifest_path.name
             meta = out_dir / f"{rec.id}.json"
             meta.write_text(json.dumps(rec.metadata(), indent=2) + "\n")
             paths.append(path)
@@ -268,17 +320,50 @@ def add_parser(subparsers) -> None:
     p.add_argument("--top-p", type=float, default=0.8)
     p.add_argument("--no-ras", action="store_true", help="disable repetition-aware sampling")
     p.add_argument("--max-seconds", type=float, default=20.0)
-    p.add_argument("--watermark", default="perth", help="watermark backend")
+    add_watermark_args(p)
     p.add_argument("--device", default="cpu")
     p.add_argument("--codec-weights", type=Path, default=None)
     p.set_defaults(func=run)
+
+
+def add_watermark_args(p) -> None:
+    """The options every command that writes generated audio shares."""
+    p.add_argument("--watermark", default="perth", help="watermark backend: perth (offline) | audioseal")
+    p.add_argument("--watermark-generator", type=Path, default=None, help="audioseal: generator .pth")
+    p.add_argument("--watermark-detector", type=Path, default=None, help="audioseal: detector .pth")
+    p.add_argument(
+        "--key-file",
+        type=Path,
+        default=None,
+        help="watermark key (JSON; default: $VALLE_WATERMARK_KEY if set)",
+    )
+    p.add_argument(
+        "--signing-key", type=Path, default=None, help="Ed25519 PEM: sign a provenance manifest per file"
+    )
+
+
+def watermark_setup(args, device: str = "cpu") -> dict:
+    """Generator keyword arguments (watermarker, key, signer) from :func:`add_watermark_args` options."""
+    import os
+
+    from watermark import load_watermarker
+    from watermark.keys import ENV_VAR, load_key
+    from watermark.provenance import load_signing_key
+
+    kwargs = {}
+    if args.watermark == "audioseal":
+        kwargs = {"generator": args.watermark_generator, "detector": args.watermark_detector}
+    key = None
+    if args.key_file is not None or os.environ.get(ENV_VAR):
+        key = load_key(args.key_file)
+    signer = load_signing_key(args.signing_key) if args.signing_key else None
+    return {"watermarker": load_watermarker(args.watermark, device, **kwargs), "key": key, "signer": signer}
 
 
 def run(args) -> int:
     import sys
 
     from valle.sampling import SamplingOptions
-    from watermark import load_watermarker
 
     texts = list(args.text)
     if args.texts_file:
@@ -294,9 +379,8 @@ def run(args) -> int:
         max_seconds=args.max_seconds,
         seed=args.seed,
     )
-    gen = Generator(
-        args.checkpoint, load_watermarker(args.watermark, args.device), args.device, args.codec_weights
-    )
+    wm = watermark_setup(args, args.device)
+    gen = Generator(args.checkpoint, device=args.device, codec_weights=args.codec_weights, **wm)
     records = gen.synthesize(texts, args.prompt_audio, args.prompt_text or "", options, mode=args.mode)
     paths = gen.save(records, args.out)
     failed = 0

@@ -3,6 +3,9 @@
 ``valle`` marks every generated waveform through this protocol (see ``valle.synthesize``), so no
 public path returns unmarked generated audio. Backends differ in capacity: some carry payload bits
 (AudioSeal, 16 bits), some only presence (Perth); ``payload_bits`` says which.
+
+``watermark`` is a leaf package (it imports none of the project's other packages), so the input checks
+every backend runs (:func:`check_wav`) live here rather than in ``valle.audio``.
 """
 
 from __future__ import annotations
@@ -12,6 +15,13 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+
+# Rates outside this range are almost certainly a mislabelled header or a wrong argument
+# (telephone audio is 8 kHz; studio masters top out at 192 kHz). Same bounds as valle.audio.
+MIN_SAMPLE_RATE = 4_000
+MAX_SAMPLE_RATE = 192_000
+# Peak below this (-80 dBFS) is treated as digital silence.
+SILENCE_PEAK = 1e-4
 
 
 class WatermarkError(ValueError):
@@ -43,6 +53,28 @@ class Watermarker(Protocol):
         ...
 
     def detect(self, wav: np.ndarray, sr: int) -> Detection: ...
+
+
+def check_wav(wav: np.ndarray, sr: int, name: str = "audio", allow_silent: bool = True) -> None:
+    """Raise :class:`WatermarkError` naming ``name`` unless ``wav`` is usable mono audio.
+
+    Refused: anything but a 1-D floating-point array ``[N]``, no samples, NaN/Inf samples, a sample
+    rate outside 4-192 kHz, and (only with ``allow_silent=False``) a peak below -80 dBFS.
+    """
+    if not isinstance(sr, (int, np.integer)) or not MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE:
+        raise WatermarkError(
+            f"{name}: sample rate {sr!r} Hz is outside the supported range "
+            f"{MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz"
+        )
+    if not isinstance(wav, np.ndarray) or wav.ndim != 1 or not np.issubdtype(wav.dtype, np.floating):
+        got = f"shape {wav.shape}, dtype {wav.dtype}" if isinstance(wav, np.ndarray) else type(wav).__name__
+        raise WatermarkError(f"{name}: expected mono float audio of shape [N], got {got}")
+    if wav.size == 0:
+        raise WatermarkError(f"{name}: audio is empty (0 samples)")
+    if not np.all(np.isfinite(wav)):
+        raise WatermarkError(f"{name}: audio contains {int((~np.isfinite(wav)).sum())} NaN/Inf samples")
+    if not allow_silent and float(np.abs(wav).max()) < SILENCE_PEAK:
+        raise WatermarkError(f"{name}: audio is silent (peak below {SILENCE_PEAK:g}, i.e. -80 dBFS)")
 
 
 def check_payload(payload: Sequence[int] | None, bits: int, backend: str) -> tuple[int, ...] | None:

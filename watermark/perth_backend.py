@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from valle.audio import check_audio
-from watermark.base import Detection, WatermarkError, check_payload, fit_length
+from watermark.base import Detection, WatermarkError, check_payload, check_wav, fit_length
 
 MIN_SECONDS = 0.25
 
@@ -42,15 +41,18 @@ class PerthWatermarker:
 
     def embed(self, wav: np.ndarray, sr: int, payload: Sequence[int] | None = None) -> np.ndarray:
         check_payload(payload, self.payload_bits, self.name)
-        check_audio(wav, sr, "audio to watermark")
+        # PerthNet returns digital silence unchanged (nothing to hide a mark in): refuse it loudly
+        check_wav(wav, sr, "audio to watermark", allow_silent=False)
         padded = _pad_to_min(np.asarray(wav, dtype=np.float32), sr)
         marked = self._impl.apply_watermark(padded, sample_rate=sr)
         return fit_length(np.asarray(marked, dtype=np.float32), len(wav))
 
     def detect(self, wav: np.ndarray, sr: int) -> Detection:
-        check_audio(wav, sr, "audio to check", allow_silent=True)
+        check_wav(wav, sr, "audio to check")
         padded = _pad_to_min(np.asarray(wav, dtype=np.float32), sr)
         score = float(np.mean(self._impl.get_watermark(padded, sr, round=False)))
+        if not np.isfinite(score):  # PerthNet scores digital silence as NaN (seen here): no mark there
+            score = 0.0
         return Detection(score=score, detected=score >= self.threshold)
 
 
