@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     from valle import checkpoint, synthesize, train
     from valle.codec import cli as codec_cli
     from valle.corpus import cli as corpus_cli
+    from watermark import bench_cli as wm_bench
     from watermark import verify as wm_verify
 
     parser = argparse.ArgumentParser(
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     checkpoint.add_parser(sub)
     score_cli.add_parser(sub)
     wm_verify.add_parser(sub)
+    wm_bench.add_parser(sub)
     return parser
 
 

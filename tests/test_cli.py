@@ -20,6 +20,7 @@ COMMANDS = [
     ["verify"],
     ["keys"],
     ["keys", "new"],
+    ["watermark-bench"],
 ]
 
 

@@ -1,0 +1,264 @@
+"""Robustness and quality metrics for a watermark backend under the attack bank.
+
+Definitions (following AudioSeal, San Roman et al. 2024, Sec. 5, and the calibration its issues
+#14/#15/#79 ask for):
+
+- **Thresholds are fixed once, on clean unmarked real speech**: for a target false-positive rate
+  ``fpr``, :func:`fix_threshold` returns the smallest threshold ``t`` such that at most
+  ``floor(fpr * n)`` of the ``n`` clean scores satisfy ``score >= t``. The same ``t`` is then used,
+  unchanged, under every attack. With ``n`` clean clips an FPR below ``1 / n`` cannot be resolved:
+  both 1% and 0.1% then allow zero false positives and give the same threshold (just above the
+  largest clean score); the reports say so and give ``n``.
+- **FPR on clean speech** is reported three ways: in-sample (on the clips that fixed the threshold, so
+  at most the target by construction), leave-one-out (each clip judged by the threshold fixed on the
+  others: an honest held-out estimate), and a Clopper-Pearson 95% upper bound on the in-sample count.
+- **TPR** at each fixed threshold: the fraction of attacked *marked* clips with ``score >= t``.
+- **AUC** (``sklearn.metrics.roc_auc_score``): positives are the attacked marked clips, negatives the
+  *same attack applied to the unmarked originals*, so an attack that itself makes audio look marked
+  (or unmarked) is not mistaken for robustness. ``fpr_attacked_*`` is the share of those negatives
+  flagged at the clean thresholds.
+- **Bit accuracy** (payload backends only; NaN for presence-only ones): decoded bits equal to the
+  embedded payload, over the payload length. **p-value**: ``scipy.stats.binomtest(k, n, 0.5,
+  alternative="greater")``, the chance of at least ``k`` of ``n`` bits right by guessing.
+- **Quality** of marked vs original (before any attack): SNR in dB, wide-band PESQ (ITU-T P.862.2,
+  ``pesq`` package, both signals resampled to 16 kHz) and STOI (Taal et al. 2011, ``pystoi``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from fractions import Fraction
+
+import numpy as np
+import pandas as pd
+
+from watermark.attacks import Attack
+
+FPRS = (0.01, 0.001)
+PESQ_SR = 16000
+
+
+def fpr_key(fpr: float) -> str:
+    """0.01 -> '1pct', 0.001 -> '0.1pct' (column and key suffix)."""
+    return f"{fpr * 100:g}pct"
+
+
+def fix_threshold(clean_scores: Sequence[float], fpr: float) -> float:
+    """Smallest threshold with at most ``floor(fpr * n)`` clean scores ``>= threshold`` (see module doc)."""
+    scores = np.sort(np.asarray(clean_scores, dtype=np.float64))[::-1]
+    if scores.size == 0 or not np.all(np.isfinite(scores)):
+        raise ValueError("fix_threshold needs at least one finite clean score")
+    if not 0.0 <= fpr < 1.0:
+        raise ValueError(f"target FPR must be in [0, 1), got {fpr}")
+    # 1e-9 absorbs float error (0.001 * 3000 is 3.0000000000000004, 0.07 * 100 is 7.000000000000001)
+    allowed = min(math.floor(fpr * scores.size + 1e-9), scores.size - 1)
+    # the (allowed+1)-th largest score must fall below the threshold; ties below it too
+    return float(np.nextafter(scores[allowed], np.inf))
+
+
+def rate_at(scores: Sequence[float], threshold: float) -> float:
+    """Share of ``scores >= threshold`` (a TPR on marked scores, an FPR on unmarked ones)."""
+    s = np.asarray(scores, dtype=np.float64)
+    return float(np.mean(s >= threshold)) if s.size else float("nan")
+
+
+def auc(marked_scores: Sequence[float], unmarked_scores: Sequence[float]) -> float:
+    """ROC AUC of marked (positive) vs unmarked (negative) scores."""
+    from sklearn.metrics import roc_auc_score
+
+    pos, neg = np.asarray(marked_scores, float), np.asarray(unmarked_scores, float)
+    if pos.size == 0 or neg.size == 0:
+        return float("nan")
+    return float(roc_auc_score(np.r_[np.ones(pos.size), np.zeros(neg.size)], np.r_[pos, neg]))
+
+
+def bits_correct(decoded: Sequence[int] | None, payload: Sequence[int] | None) -> tuple[int, int]:
+    """(correct, total) bits; (0, 0) when there is nothing to compare."""
+    if decoded is None or payload is None or len(payload) == 0:
+        return 0, 0
+    if len(decoded) != len(payload):
+        raise ValueError(f"decoded payload has {len(decoded)} bits, embedded {len(payload)}")
+    return int(sum(int(a) == int(b) for a, b in zip(decoded, payload, strict=True))), len(payload)
+
+
+def binomial_p(correct: int, total: int) -> float:
+    """P(at least ``correct`` of ``total`` bits right by chance, p = 1/2); NaN when ``total == 0``."""
+    from scipy.stats import binomtest
+
+    if total == 0:
+        return float("nan")
+    return float(binomtest(correct, total, 0.5, alternative="greater").pvalue)
+
+
+def clean_fpr_stats(clean_scores: Sequence[float], fpr: float) -> dict:
+    """Threshold for ``fpr`` plus in-sample, leave-one-out and upper-bound FPR on the clean scores."""
+    from scipy.stats import binomtest
+
+    s = np.asarray(clean_scores, dtype=np.float64)
+    n = s.size
+    thr = fix_threshold(s, fpr)
+    k = int(np.sum(s >= thr))
+    loo = [s[i] >= fix_threshold(np.delete(s, i), fpr) for i in range(n)] if n > 1 else []
+    return {
+        "fpr_target": fpr,
+        "threshold": thr,
+        "n_clean": n,
+        "false_positives": k,
+        "fpr_clean": k / n,
+        "fpr_clean_loo": float(np.mean(loo)) if loo else float("nan"),
+        "fpr_clean_upper95": float(binomtest(k, n).proportion_ci(0.95, method="exact").high),
+        "resolvable": bool(fpr * n >= 1),  # fewer clips than 1/fpr: the target cannot be measured
+    }
+
+
+def quality(marked: np.ndarray, original: np.ndarray, sr: int) -> dict:
+    """SNR (dB), wide-band PESQ and STOI of ``marked [N]`` against ``original [N]``."""
+    from pystoi import stoi
+
+    x, y = np.asarray(original, np.float64), np.asarray(marked, np.float64)
+    if x.shape != y.shape:
+        raise ValueError(f"quality needs equal lengths, got {x.shape} and {y.shape}")
+    err = float(np.sum((y - x) ** 2))
+    snr = float("inf") if err == 0 else 10 * math.log10(max(float(np.sum(x**2)), 1e-20) / err)
+    return {"snr_db": snr, "pesq_wb": _pesq_wb(x, y, sr), "stoi": float(stoi(x, y, sr, extended=False))}
+
+
+def _pesq_wb(ref: np.ndarray, deg: np.ndarray, sr: int) -> float:
+    from pesq import PesqError, pesq
+    from scipy.signal import resample_poly
+
+    if sr != PESQ_SR:
+        r = Fraction(PESQ_SR, sr)
+        ref, deg = (
+            resample_poly(ref, r.numerator, r.denominator),
+            resample_poly(deg, r.numerator, r.denominator),
+        )
+    try:
+        return float(pesq(PESQ_SR, ref, deg, "wb"))
+    except PesqError:  # e.g. no utterance found in a near-silent clip
+        return float("nan")
+
+
+def run_battery(
+    watermarker,
+    clips: Sequence[tuple[np.ndarray, int, str]],
+    attacks: Sequence[Attack],
+    payloads: Sequence[Sequence[int]] | None = None,
+    *,
+    fprs: Sequence[float] = FPRS,
+    with_quality: bool = True,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Mark each clip, run every attack on the marked clip and on its unmarked original, detect both.
+
+    ``clips``: ``(wav [N] float32 mono, sr, clip_id)``. ``payloads``: one per clip for payload
+    backends (random bits from ``seed`` when omitted; must stay None for presence-only backends).
+    Returns ``(per_clip, per_attack, thresholds)``: one row per (clip, attack) with the unattacked
+    condition as attack ``"none"``; one row per attack (``"none"`` first, then bank order) with
+    TPR/FPR at the thresholds fixed on the clean originals' scores, AUC, bit accuracy and p-value;
+    and ``{fpr_key: clean_fpr_stats}`` plus the backend's own threshold.
+    """
+    from tqdm import tqdm
+
+    bits = int(getattr(watermarker, "payload_bits", 0))
+    if not clips:
+        raise ValueError("run_battery needs at least one clip")
+    if payloads is None and bits:
+        rng = np.random.default_rng(seed)
+        payloads = [tuple(int(b) for b in rng.integers(0, 2, bits)) for _ in clips]
+    if payloads is not None and len(payloads) != len(clips):
+        raise ValueError(f"got {len(payloads)} payloads for {len(clips)} clips")
+    names = [a.name for a in attacks]
+    if "none" in names or len(set(names)) != len(names):
+        raise ValueError("attack names must be unique and must not be 'none' (the unattacked condition)")
+
+    rows = []
+    for i, (wav, sr, clip_id) in enumerate(
+        tqdm(clips, desc=f"{watermarker.name} battery", disable=not progress)
+    ):
+        wav = np.asarray(wav, np.float32)
+        payload = None if payloads is None else tuple(payloads[i])
+        t0 = time.perf_counter()
+        marked = watermarker.embed(wav, sr, payload)
+        t1 = time.perf_counter()
+        clean_det = watermarker.detect(wav, sr)
+        t2 = time.perf_counter()
+        per_clip = {
+            "clip_id": clip_id,
+            "sr": sr,
+            "seconds": len(wav) / sr,
+            "score_original": clean_det.score,
+            "embed_s": t1 - t0,
+            "detect_s": t2 - t1,
+            **(quality(marked, wav, sr) if with_quality else {}),
+        }
+        conditions = [("none", "none", marked, clean_det, sr)]
+        for atk in attacks:
+            try:
+                am, am_sr = atk(marked, sr, original=wav)
+                au, au_sr = atk(wav, sr, original=wav)
+                conditions.append((atk.name, atk.family, am, watermarker.detect(au, au_sr), am_sr))
+            except Exception as err:
+                raise RuntimeError(f"attack {atk.name!r} failed on clip {clip_id!r}: {err}") from err
+        for name, family, am, unmarked_det, am_sr in conditions:
+            det = watermarker.detect(am, am_sr)
+            k, n = bits_correct(det.payload, payload)
+            rows.append(
+                {
+                    **per_clip,
+                    "attack": name,
+                    "family": family,
+                    "out_seconds": len(am) / am_sr,
+                    "score_marked": det.score,
+                    "score_unmarked": unmarked_det.score,
+                    "detected_marked": bool(det.detected),
+                    "detected_unmarked": bool(unmarked_det.detected),
+                    "bits_correct": k,
+                    "bits_total": n,
+                    "bit_acc": k / n if n else float("nan"),
+                    "p_value": binomial_p(k, n),
+                }
+            )
+    per_clip_df = pd.DataFrame(rows)
+    clean = per_clip_df.loc[per_clip_df["attack"] == "none", "score_original"].to_numpy()
+    thresholds = {fpr_key(f): clean_fpr_stats(clean, f) for f in fprs}
+    thresholds["backend"] = {"threshold": float(watermarker.threshold)}
+    params = {"none": {}} | {a.name: a.params for a in attacks}
+    return per_clip_df, summarize(per_clip_df, thresholds, params), thresholds
+
+
+def summarize(per_clip: pd.DataFrame, thresholds: dict, params: dict | None = None) -> pd.DataFrame:
+    """One row per attack (in first-seen order) from the per-clip rows and the fixed thresholds."""
+    out = []
+    for name, g in per_clip.groupby("attack", sort=False):
+        row = {"attack": name, "family": g["family"].iloc[0], "n": len(g)}
+        for key, t in thresholds.items():
+            if key == "backend":
+                continue
+            row[f"tpr_{key}"] = rate_at(g["score_marked"], t["threshold"])
+            row[f"fpr_attacked_{key}"] = rate_at(g["score_unmarked"], t["threshold"])
+        row["tpr_backend"] = float(g["detected_marked"].mean())
+        row["auc"] = auc(g["score_marked"], g["score_unmarked"])
+        row["bit_acc"] = float(g["bit_acc"].mean()) if g["bits_total"].gt(0).any() else float("nan")
+        row["p_value_median"] = float(g["p_value"].median()) if g["bits_total"].gt(0).any() else float("nan")
+        row["score_marked_mean"] = float(g["score_marked"].mean())
+        row["score_unmarked_mean"] = float(g["score_unmarked"].mean())
+        row["params"] = json.dumps((params or {}).get(name, {}), sort_keys=True)
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def markdown_table(per_attack: pd.DataFrame, fprs: Sequence[float] = FPRS) -> str:
+    """The per-attack table as GitHub markdown: attack, TPR at each FPR, AUC, bit accuracy."""
+    cols = [("attack", "attack")] + [(f"tpr_{fpr_key(f)}", f"TPR@{f * 100:g}%") for f in fprs]
+    cols += [(f"fpr_attacked_{fpr_key(fprs[0])}", f"FPR@{fprs[0] * 100:g}% (attacked clean)")]
+    cols += [("auc", "AUC"), ("bit_acc", "bit acc")]
+    lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in per_attack.iterrows():
+        cells = [r[c] if c == "attack" else ("n/a" if pd.isna(r[c]) else f"{r[c]:.3f}") for c, _ in cols]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
