@@ -232,9 +232,9 @@ def score(
             rows, seconds = _generate_chunk(run, generator, chunks[k], options.seeds, rank)
             t_model += seconds
             write_parquet(pd.DataFrame(rows), run.part("generations", k))
-        _write_json(
-            out / f"timings.generate.rank{rank}.json", {"chunks": len(todo), "seconds": {"generate": t_model}}
-        )
+        if todo:  # a call that finds everything done keeps the timings of the call that did the work
+            timings = {"chunks": len(todo), "seconds": {"generate": t_model}}
+            _write_json(out / f"timings.generate.rank{rank}.json", timings)
         write_parquet(
             run.read_parts("generations", mine), run.tables / f"generations.rank{rank}-of-{world}.parquet"
         )
@@ -253,8 +253,9 @@ def score(
             write_parquet(pd.DataFrame(rows), run.part("scores", k))  # last: marks the chunk done
         for table in ("scores", "references"):
             write_parquet(run.read_parts(table, mine), run.tables / f"{table}.rank{rank}-of-{world}.parquet")
-        timings = {"chunks": len(todo), "seconds": dict(scorers.timer.seconds)}
-        _write_json(out / f"timings.score.rank{rank}.json", timings)
+        if todo:
+            timings = {"chunks": len(todo), "seconds": dict(scorers.timer.seconds)}
+            _write_json(out / f"timings.score.rank{rank}.json", timings)
     if world == 1:
         from evaluation.summary import merge
 
