@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -32,19 +31,27 @@ from results_io import write_result
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# The child reports its own peak: RUSAGE_CHILDREN would give the max over every child so far.
+CHILD = (
+    "import resource, sys\n"
+    "from evaluation.cli import main\n"
+    "rc = main(sys.argv[1:])\n"
+    "print(f'PEAK_RSS_KIB {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}', file=sys.stderr)\n"
+    "sys.exit(rc)\n"
+)
+
+
 def run_child(args: list[str]) -> tuple[float, float, str]:
-    """Run `valle ...` in a fresh process; returns (wall seconds, peak RSS MiB of the child, stdout)."""
+    """Run `valle ...` in a fresh process; returns (wall seconds, that process's peak RSS MiB, stdout)."""
     t0 = time.perf_counter()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     proc = subprocess.run(
-        [sys.executable, "-m", "evaluation.cli", *args], cwd=ROOT, capture_output=True, text=True, check=False
+        [sys.executable, "-c", CHILD, *args], cwd=ROOT, capture_output=True, text=True, check=False
     )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"valle {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    # ru_maxrss of children is the max over all waited-for children: run sizes in increasing order
-    return wall, max(peak, before) / 1024, proc.stdout
+    peak_kib = int(proc.stderr.rsplit("PEAK_RSS_KIB ", 1)[1].split()[0])
+    return wall, peak_kib / 1024, proc.stdout
 
 
 def testset(corpus: Path, n: int, out: Path) -> Path:
