@@ -12,7 +12,7 @@ EXPECTED_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionErr
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from evaluation import score_cli, smoke
+    from evaluation import asv_cli, detect_cli, score_cli, smoke
     from valle import checkpoint, synthesize, train
     from valle.codec import cli as codec_cli
     from valle.corpus import cli as corpus_cli
@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     synthesize.add_parser(sub)
     checkpoint.add_parser(sub)
     score_cli.add_parser(sub)
+    detect_cli.add_parser(sub)
+    asv_cli.add_parser(sub)
     wm_verify.add_parser(sub)
     wm_bench.add_parser(sub)
     return parser

@@ -21,6 +21,11 @@ COMMANDS = [
     ["keys"],
     ["keys", "new"],
     ["watermark-bench"],
+    ["detect"],
+    ["detect", "train"],
+    ["detect", "score"],
+    ["detect", "eval"],
+    ["asv"],
 ]
 
 
