@@ -30,7 +30,7 @@ detector's scores on its own training clips) for comparison.
 Timing: fit and score wall time for 1,000 utterances (50 real + 950 corpus clips; labels real + piper = 1,
 espeak = 0, for timing only, no accuracy is measured), torch and BLAS with 1 thread, on this machine.
 
-    python benchmarks/detection.py [--per-engine 60] [--bootstrap 1000] [--timing-clips 1000] [--quick]
+    python benchmarks/detection_eval.py [--per-engine 60] [--bootstrap 1000] [--timing-clips 1000] [--quick]
 """
 
 from __future__ import annotations
@@ -47,13 +47,9 @@ import torch
 from results_io import write_result
 from threadpoolctl import threadpool_limits
 
-# This file is benchmarks/detection.py and Python puts its folder first on sys.path, so `import detection`
-# (done by evaluation.detect_cli) would import this script: take the folder off the path first.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-from detection.metrics import rates_at  # noqa: E402
-from evaluation.detect_cli import build_detector, degradations, degrade, evaluate, fit_and_calibrate  # noqa: E402
-from evaluation.detect_data import Clip, load_clip_audio, split  # noqa: E402
+from detection.metrics import rates_at
+from evaluation.detect_cli import build_detector, degradations, degrade, evaluate, fit_and_calibrate
+from evaluation.detect_data import Clip, load_clip_audio, split
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "real_speech"
@@ -325,7 +321,7 @@ def main() -> None:
                        (args.corpus / "manifest.jsonl", "offline corpus (valle corpus build)"),
                        (args.checkpoint / "config.json", "demo checkpoint")):  # fmt: skip
         if not path.is_file():
-            sys.exit(f"benchmarks/detection.py: {what} not found at {path}; this benchmark needs it")
+            sys.exit(f"benchmarks/detection_eval.py: {what} not found at {path}; this benchmark needs it")
     bootstrap = 100 if args.quick else args.bootstrap
     t_start = time.perf_counter()
     load_1min = round(os.getloadavg()[0], 2)
