@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from evaluation.asv import AsvConfig, run_asv
+from evaluation.detect_data import jsonl_objects
 
 REPORT_FILE = "asv_report.json"
 TRIALS_FILE = "asv_trials.parquet"
@@ -30,22 +31,7 @@ def _spoofs_from_manifest(path: Path) -> tuple[list[dict], dict]:
     """JSONL rows with ``audio`` (relative to the file's folder) and ``speaker`` (the cloned target);
     ``id`` defaults to the audio file's stem. Every problem is reported at once."""
     rows, problems, seen = [], [], {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: cannot read spoof manifest ({err})") from err
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            problems.append(f"{where}: invalid JSON: {err.msg}")
-            continue
-        if not isinstance(row, dict):
-            problems.append(f"{where}: expected a JSON object")
-            continue
+    for where, row in jsonl_objects(path, "spoof", problems):
         bad = [k for k in ("audio", "speaker") if not isinstance(row.get(k), str) or not row.get(k)]
         if bad:
             problems.append(f"{where}: missing or empty {', '.join(bad)}")
@@ -56,7 +42,7 @@ def _spoofs_from_manifest(path: Path) -> tuple[list[dict], dict]:
         if uid in seen:
             problems.append(f"{where}: id {uid!r} duplicates line {seen[uid]}")
             continue
-        seen[uid] = lineno
+        seen[uid] = where.rsplit(":", 1)[1]  # the line number
         rows.append({"id": uid, "speaker": row["speaker"], "audio": str(audio)})
     if not rows and not problems:
         problems.append(f"{path}: spoof manifest is empty")

@@ -92,24 +92,14 @@ def parse_source(spec: str) -> tuple[str | None, Path]:
     return None, Path(spec)
 
 
-def read_manifest_clips(path: str | Path, label: int, generator: str | None = None) -> list[Clip]:
-    """Clips of one JSONL manifest (see the module docstring); ``generator`` defaults to the file's
-    stem for spoofs and is ``"bonafide"`` for bona fide. Every problem is reported in one error."""
-    path = Path(path)
-    if label not in LABELS:
-        raise ValueError(f"label must be 1 (bona fide) or 0 (spoof), got {label!r}")
-    what = "bona fide" if label == 1 else "spoof"
-    generator = BONAFIDE if label == 1 else (generator or path.stem)
-    if label == 0 and generator == BONAFIDE:
-        raise ValueError(f"{path}: {BONAFIDE!r} is reserved for real speech; name the spoof source otherwise")
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: {what} manifest not found")
+def jsonl_objects(path: Path, what: str, problems: list[str]) -> list[tuple[str, dict]]:
+    """``(file:line, row)`` for each JSON-object line of a manifest; a malformed line is appended to
+    ``problems`` (so every problem of a file is reported at once) and skipped."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: cannot read {what} manifest ({err})") from err
-    root = path.parent.resolve()
-    clips, problems, seen = [], [], {}
+    out = []
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -122,6 +112,25 @@ def read_manifest_clips(path: str | Path, label: int, generator: str | None = No
         if not isinstance(row, dict):
             problems.append(f"{where}: expected a JSON object")
             continue
+        out.append((where, row))
+    return out
+
+
+def read_manifest_clips(path: str | Path, label: int, generator: str | None = None) -> list[Clip]:
+    """Clips of one JSONL manifest (see the module docstring); ``generator`` defaults to the file's
+    stem for spoofs and is ``"bonafide"`` for bona fide. Every problem is reported in one error."""
+    path = Path(path)
+    if label not in LABELS:
+        raise ValueError(f"label must be 1 (bona fide) or 0 (spoof), got {label!r}")
+    what = "bona fide" if label == 1 else "spoof"
+    generator = BONAFIDE if label == 1 else (generator or path.stem)
+    if label == 0 and generator == BONAFIDE:
+        raise ValueError(f"{path}: {BONAFIDE!r} is reserved for real speech; name the spoof source otherwise")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} manifest not found")
+    root = path.parent.resolve()
+    clips, problems, seen = [], [], {}
+    for where, row in jsonl_objects(path, what, problems):
         bad = [k for k in ("audio", "speaker") if not _text(row.get(k))]
         if "id" in row and not _text(row["id"]):
             bad.append("id")
@@ -140,7 +149,7 @@ def read_manifest_clips(path: str | Path, label: int, generator: str | None = No
         if uid in seen:
             problems.append(f"{where}: id {uid!r} duplicates line {seen[uid]}")
             continue
-        seen[uid] = lineno
+        seen[uid] = where.rsplit(":", 1)[1]  # the line number
         clips.append(Clip(uid, str(audio), str(row["speaker"]), label, generator))
     if not clips and not problems:
         problems.append(f"{path}: {what} manifest has no rows")
