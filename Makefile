@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/valle smoke
+	$(VENV)/bin/valle audit
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -12,7 +12,7 @@ EXPECTED_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionErr
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from evaluation import asv_cli, detect_cli, score_cli, smoke
+    from evaluation import asv_cli, audit_cli, compare_cli, detect_cli, score_cli, smoke
     from valle import checkpoint, synthesize, train
     from valle.codec import cli as codec_cli
     from valle.corpus import cli as corpus_cli
@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    audit_cli.add_parser(sub)
+    compare_cli.add_parser(sub)
     smoke.add_parser(sub)
     corpus_cli.add_parser(sub)
     codec_cli.add_parser(sub)

@@ -12,8 +12,8 @@ from valle.synthesize import add_watermark_args
 RAW = argparse.RawDescriptionHelpFormatter
 
 
-def _testset_args(p: argparse.ArgumentParser) -> None:
-    src = p.add_mutually_exclusive_group(required=True)
+def _testset_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    src = p.add_mutually_exclusive_group(required=required)
     src.add_argument("--manifest", type=Path, help="utterance manifest (JSONL) to build a test set from")
     src.add_argument("--testset", type=Path, help="a test set written by `valle testset`")
     src.add_argument(

@@ -1,0 +1,262 @@
+"""``valle audit``: one command from a generator and a test set to a scorecard (DESIGN.md, "Data flow").
+
+Stages, in order; each reads what the earlier ones wrote in the run directory and writes its own
+files, so any stage can be re-run alone (``--stage``), skipped (``--skip``) or resumed::
+
+    generate   evaluation.run: batched, seeded; every file watermarked, verified and signed
+    verify     watermark.verify on every generated file          -> tables/verify.parquet
+    score      ASR / speaker / flags / DNSMOS (evaluation.run)   -> tables/scores.parquet, summary.json
+    detect     detector trained on this run's output vs the real references, speaker-disjoint
+                                                                  -> detect/, tables/detector.parquet
+    asv        voice-authentication bypass, CM-gated             -> asv/, tables/asv_trials.parquet
+    watermark  attack bank on a sample of generated files        -> watermark/, tables/watermark.parquet
+    report     reports.write_scorecard                           -> scorecard.{json,md,html}
+
+``audit.json`` records each stage's status (``done`` | ``failed`` | ``skipped`` | ``not_run``),
+seconds, error and counts. A stage that fails is recorded and the audit goes on with the stages
+that do not need it; utterance-level failures are rows with a status, never dropped; the report
+stage runs last whatever happened before it, so a scorecard is always written and shows every
+failure. ``generate`` and ``score`` resume chunk by chunk after a kill (``evaluation.run``); the
+other stages are short and are redone when they did not finish.
+
+Secrets: the signing key and watermark key are read from the user's key directory (``$VALLE_HOME``,
+default ``~/.config/valle``; created on first use, mode 0600) or given explicitly; only the public key
+is copied into the run directory (``keys/signing.public.pem``), for ``valle verify``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from evaluation.testset import TestSet
+
+STAGES = ("generate", "verify", "score", "detect", "asv", "watermark", "report")
+AUDIT_FILE = "audit.json"
+AUDIT_FORMAT, AUDIT_VERSION = "valle-audit", 1
+# the degradations of the detector stage and the attacks of the watermark stage (watermark.attacks names)
+DETECT_DEGRADATIONS = ("white_noise_20db", "mp3_32k", "resample_8k")
+WATERMARK_ATTACKS = (
+    "white_noise_20db", "pink_noise_20db", "mp3_32k", "aac_64k", "opus_16k", "resample_8k",
+    "lowpass_3k", "highpass_500", "speed_1.1", "stretch_1.1", "echo", "crop_middle_50",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class AuditOptions:
+    """Everything that decides an audit's results besides the test set (recorded in audit.json)."""
+
+    generator: str = "valle:checkpoints/demo"  # valle:<ckpt> | command:<template> | folder:<dir>
+    profile: str = "offline"
+    seeds: tuple[int, ...] = (0,)
+    chunk_size: int = 8
+    device: str = "cpu"
+    quality: bool = True  # DNSMOS
+    detector: str = "lfcc-gmm"
+    detect_degradations: tuple[str, ...] = DETECT_DEGRADATIONS
+    detect_test_fraction: float = 0.3
+    asv_enrol: int = 1  # real utterances averaged per enrolled speaker
+    watermark_clips: int = 6  # generated files (and as many real references) attacked
+    watermark_attacks: tuple[str, ...] = WATERMARK_ATTACKS
+    bootstrap: int = 1000
+    seed: int = 0  # detector split / bootstrap / attack seed
+    model_paths: tuple[tuple[str, str], ...] = ()  # profile overrides: asr_model, speaker_model, ...
+    signing_key: str | None = None  # Ed25519 PEM; default: <VALLE_HOME>/keys/signing.pem
+    key_file: str | None = None  # watermark key JSON; default: <VALLE_HOME>/keys/watermark.key.json
+
+    def __post_init__(self) -> None:
+        if self.watermark_clips < 1:
+            raise ValueError(f"watermark_clips must be >= 1, got {self.watermark_clips}")
+        if self.asv_enrol < 1:
+            raise ValueError(f"asv_enrol must be >= 1, got {self.asv_enrol}")
+
+
+@dataclass
+class StageResult:
+    status: str = "not_run"  # done | failed | skipped | not_run
+    seconds: float | None = None
+    error: str | None = None
+    n: int | None = None  # units the stage handled (files, clips, trials, ...)
+    n_failed: int | None = None  # of which failed (they stay in the tables, marked)
+    note: str | None = None
+
+
+@dataclass
+class Audit:
+    """The state of one run directory's audit (``audit.json``) plus what the stages share in memory."""
+
+    dir: Path
+    options: AuditOptions
+    testset: TestSet
+    stages: dict[str, StageResult] = field(default_factory=lambda: {s: StageResult() for s in STAGES})
+    backends: dict = field(default_factory=dict)
+    started: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    cache: dict = field(default_factory=dict)  # models loaded once per process (scorers, watermarker)
+    profile_check: dict = field(default_factory=dict)  # evaluation.profiles: resolved backends + file hashes
+
+    def to_json(self) -> dict:
+        return {
+            "format": AUDIT_FORMAT,
+            "version": AUDIT_VERSION,
+            "profile": self.options.profile,
+            "generator": self.options.generator,
+            "options": {
+                k: v for k, v in asdict(self.options).items() if k not in ("signing_key", "key_file")
+            },
+            "backends": self.backends,
+            "profile_check": self.profile_check,
+            "started": self.started,
+            "updated": datetime.now(UTC).isoformat(timespec="seconds"),
+            "stages": {k: asdict(v) for k, v in self.stages.items()},
+            "seeds": {"generation": list(self.options.seeds), "analysis": self.options.seed},
+        }
+
+    def save(self) -> None:
+        path = self.dir / AUDIT_FILE
+        tmp = path.with_name(f".{path.name}.partial")
+        tmp.write_text(json.dumps(self.to_json(), indent=2, default=str) + "\n")
+        tmp.replace(path)
+
+    @classmethod
+    def open(cls, out: str | Path, options: AuditOptions, testset: TestSet) -> Audit:
+        """A new audit in ``out``, or the saved state of an earlier one with the same options."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        audit = cls(out, options, testset)
+        path = out / AUDIT_FILE
+        if path.is_file():
+            try:
+                old = json.loads(path.read_text())
+            except json.JSONDecodeError as err:
+                raise ValueError(
+                    f"{path}: not valid JSON ({err.msg}); delete it to start the audit over"
+                ) from err
+            mine = json.loads(json.dumps(audit.to_json()["options"], default=str))
+            if old.get("options") != mine:
+                differ = sorted(k for k in mine if old.get("options", {}).get(k) != mine[k])
+                raise ValueError(
+                    f"{out} holds an audit with different options ({', '.join(differ)}); "
+                    "use another --out, or delete it to start over"
+                )
+            audit.started = old.get("started", audit.started)
+            audit.backends = old.get("backends", {})
+            for name, st in old.get("stages", {}).items():
+                if name in audit.stages:
+                    audit.stages[name] = StageResult(**st)
+        return audit
+
+
+def valle_home() -> Path:
+    return Path(os.environ.get("VALLE_HOME") or Path.home() / ".config" / "valle")
+
+
+def default_keys(options: AuditOptions) -> tuple[Path, Path | None]:
+    """(signing key, watermark key file or None). Without explicit paths, the user's default keys are
+    used and created on first use: secrets live in one private place, never in a run directory."""
+    from watermark.keys import generate_key
+    from watermark.provenance import generate_signing_key
+
+    keys = valle_home() / "keys"
+    signing = Path(options.signing_key) if options.signing_key else keys / "signing.pem"
+    if options.signing_key is None and not signing.is_file():
+        keys.mkdir(parents=True, exist_ok=True, mode=0o700)
+        generate_signing_key(signing, keys / "signing.public.pem")
+        print(f"created a signing key pair in {keys} (first use)", file=sys.stderr)
+    key_file = Path(options.key_file) if options.key_file else keys / "watermark.key.json"
+    if options.key_file is None and not key_file.is_file():
+        generate_key(key_file, "default")
+    return signing, key_file
+
+
+def stage_plan(only: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The stages a call runs: ``only`` (in pipeline order) or all, minus ``skip``; ``report`` always
+    runs unless skipped by name, so every call leaves an up-to-date scorecard."""
+    for s in (*only, *skip):
+        if s not in STAGES:
+            raise ValueError(f"unknown stage {s!r}; stages are {', '.join(STAGES)}")
+    chosen = [s for s in STAGES if (not only or s in only or s == "report") and s not in skip]
+    return tuple(chosen)
+
+
+def run_audit(
+    out: str | Path,
+    testset: TestSet,
+    options: AuditOptions = AuditOptions(),
+    only: tuple[str, ...] = (),
+    skip: tuple[str, ...] = (),
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Audit:
+    """Run (or resume) the audit in ``out``; returns its state. See the module docstring.
+
+    A stage already ``done`` in an earlier call is not redone unless named in ``only``.
+    """
+    from evaluation import audit_stages
+    from evaluation.profiles import check_profile
+
+    plan = stage_plan(only, skip)
+    resolved = check_profile(options.profile, dict(options.model_paths), generator=options.generator)
+    audit = Audit.open(out, options, testset)
+    audit.cache["profile"] = resolved
+    audit.profile_check = resolved.to_json()
+    for name in STAGES:
+        if name not in plan:
+            if audit.stages[name].status == "not_run":
+                audit.stages[name] = StageResult(status="skipped", note="not selected for this call")
+            continue
+        if audit.stages[name].status == "done" and name not in only and name != "report":
+            log(f"[{name}] done in an earlier call; skipped (select it with --stage {name} to redo it)")
+            continue
+        log(f"[{name}] ...")
+        t0 = time.perf_counter()
+        result = StageResult(status="done")
+        try:
+            counts = getattr(audit_stages, f"stage_{name}")(audit, progress=progress) or {}
+            result.n, result.n_failed, result.note = (
+                counts.get("n"),
+                counts.get("n_failed"),
+                counts.get("note"),
+            )
+        except KeyboardInterrupt:
+            audit.stages[name] = StageResult(
+                status="failed", error="interrupted", seconds=time.perf_counter() - t0
+            )
+            audit.save()
+            raise
+        except Exception as err:  # recorded on the scorecard; later stages that need it fail in turn
+            result.status, result.error = "failed", f"{type(err).__name__}: {err}"
+            log(f"[{name}] FAILED: {result.error}")
+            if os.environ.get("VALLE_DEBUG"):
+                traceback.print_exc()
+        result.seconds = round(time.perf_counter() - t0, 2)
+        audit.stages[name] = result
+        audit.save()
+    return audit
+
+
+def timing_summary(audit: Audit) -> str:
+    """One line per stage: status, seconds, counts; then the total."""
+    lines = [f"{'stage':<10} {'status':<8} {'seconds':>8}  details"]
+    total = 0.0
+    for name, st in audit.stages.items():
+        total += st.seconds or 0.0
+        details = []
+        if st.n is not None:
+            details.append(f"n={st.n}")
+        if st.n_failed:
+            details.append(f"failed={st.n_failed}")
+        if st.error:
+            details.append(st.error.splitlines()[0][:90])
+        elif st.note:
+            details.append(st.note[:90])
+        secs = "" if st.seconds is None else f"{st.seconds:8.1f}"
+        lines.append(f"{name:<10} {st.status:<8} {secs:>8}  {', '.join(details)}")
+    lines.append(f"{'total':<10} {'':<8} {total:8.1f}")
+    return "\n".join(lines)

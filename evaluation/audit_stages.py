@@ -1,0 +1,359 @@
+"""The stages of ``valle audit`` (see :mod:`evaluation.audit` for the order and the run directory).
+
+Each ``stage_<name>(audit, progress)`` reads earlier stages' files from ``audit.dir``, writes its own
+atomically and returns counts ``{"n", "n_failed", "note"}`` for ``audit.json``. An error that stops
+the whole stage is raised (the caller records it); a failure of one utterance becomes a row with
+its reason.
+
+Who is who in the detector and ASV stages:
+
+- bona fide: the real recordings of the test set (each item's target and the recording its prompt
+  was cut from), one clip per distinct file, keyed by utterance id;
+- spoof: every generated file with status ``ok``, keyed ``<item>.s<seed>``, speaker = the item's
+  speaker (the voice it clones), generator = the run's generator name.
+
+The watermark stage attacks generated files *as written* (already marked by the generator) and the
+same number of real references (unmarked); the true-positive rate per attack is the share of attacked
+generated files still detected, the false-positive rate the share of attacked real files detected.
+Intervals are Wilson score intervals (scipy's ``binomtest(...).proportion_ci``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from evaluation.audit import Audit
+
+PUBLIC_KEY = "keys/signing.public.pem"
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(obj, indent=2, default=str, allow_nan=False) + "\n")
+    tmp.replace(path)
+
+
+def _table(audit: Audit, name: str, needs: str) -> pd.DataFrame:
+    path = audit.dir / "tables" / f"{name}.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; the {needs} stage has not finished")
+    return pd.read_parquet(path)
+
+
+def _is_valle(audit: Audit) -> bool:
+    return audit.options.generator.startswith("valle:")
+
+
+def _watermarker(audit: Audit):
+    if "watermarker" not in audit.cache:
+        from watermark import load_watermarker
+
+        p = audit.cache["profile"]
+        audit.cache["watermarker"] = load_watermarker(p.watermark, audit.options.device, **p.watermark_kwargs)
+        audit.backends["watermark"] = audit.cache["watermarker"].card()
+    return audit.cache["watermarker"]
+
+
+def _keys(audit: Audit):
+    """(signer, public key, watermark key); the public half is copied into the run directory."""
+    if "keys" not in audit.cache:
+        from evaluation.audit import default_keys
+        from watermark.keys import load_key
+        from watermark.provenance import load_signing_key
+
+        signing_path, key_file = default_keys(audit.options)
+        signer = load_signing_key(signing_path)
+        audit.cache["keys"] = (signer, signer.public_key(), load_key(key_file))
+        from cryptography.hazmat.primitives import serialization
+
+        pem = signer.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        (audit.dir / "keys").mkdir(exist_ok=True)
+        (audit.dir / PUBLIC_KEY).write_bytes(pem)
+    return audit.cache["keys"]
+
+
+def _run_options(audit: Audit, generate: bool):
+    from evaluation.run import RunOptions
+    from evaluation.scoring import ScoringConfig
+
+    p, o = audit.cache["profile"], audit.options
+    watermark = None
+    if generate and _is_valle(audit):
+        signer, _, key = _keys(audit)
+        # Generator keyword arguments (evaluation.generators.ValleGenerator passes them on)
+        watermark = {"watermarker": _watermarker(audit), "key": key, "signer": signer}
+        if p.codec_weights is not None:
+            watermark["codec_weights"] = p.codec_weights
+    return RunOptions(
+        generator=o.generator,
+        seeds=o.seeds,
+        chunk_size=o.chunk_size,
+        device=o.device,
+        scoring=ScoringConfig(
+            asr=p.asr,
+            asr_model=p.asr_model,
+            speaker=p.speaker,
+            speaker_model=p.speaker_model,
+            quality=o.quality,
+        ),
+        watermark=watermark,
+    )
+
+
+# --------------------------------------------------------------------------- generate, verify, score
+
+
+def stage_generate(audit: Audit, progress: bool = True) -> dict:
+    from evaluation.run import score
+
+    score(audit.dir, audit.testset, _run_options(audit, generate=True), ("generate",), progress=progress)
+    gens = _table(audit, "generations", "generate")
+    audit.backends["generator"] = json.loads((audit.dir / "config.json").read_text()).get("generator")
+    failed = int((gens["status"] != "ok").sum())
+    return {"n": len(gens), "n_failed": failed}
+
+
+def stage_verify(audit: Audit, progress: bool = True) -> dict:
+    """Every generated file through the auditor's check (``watermark.verify.verify_file``)."""
+    from tqdm import tqdm
+
+    from evaluation.run import write_parquet
+    from watermark.keys import KeyRing
+    from watermark.provenance import Ledger
+    from watermark.verify import verify_file
+
+    gens = _table(audit, "generations", "generate")
+    gens = gens[gens["audio"].notna()]
+    _, public_key, key = _keys(audit)
+    ledgers = sorted((audit.dir / "generated").glob("ledger.rank*.jsonl"))
+    ledger = Ledger(ledgers[0]) if len(ledgers) == 1 else None  # sharded runs: manifests still checked
+    wm, ring = _watermarker(audit), KeyRing([key])
+    rows = []
+    for r in tqdm(gens.itertuples(), total=len(gens), desc="verify", disable=not progress):
+        row = {"key": r.key, "id": r.id, "audio": r.audio}
+        try:
+            v = verify_file(r.audio, public_key=public_key, ledger=ledger, watermarker=wm, keyring=ring)
+            det = v.get("watermark") or {}
+            row.update(
+                verdict=v["verdict"],
+                detected=bool(det.get("detected", False)),
+                score=det.get("score"),
+                signature_valid=v.get("signature_valid"),
+                hash_match=v.get("hash_match"),
+                reasons=" ".join(v.get("reasons", [])),
+            )
+        except (OSError, ValueError) as err:  # one unreadable file is a row, not the end of the stage
+            row.update(verdict="unreadable", detected=False, score=None, reasons=str(err))
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=["key", "id", "audio", "verdict", "detected", "score", "reasons"])
+    df["detected"] = df["detected"].astype("boolean")
+    write_parquet(df, audit.dir / "tables" / "verify.parquet")
+    bad = int((df["verdict"] != "authentic").sum())
+    note = None if _is_valle(audit) else "external generator: files are not ours, so not signed"
+    return {"n": len(df), "n_failed": bad, "note": note}
+
+
+def stage_score(audit: Audit, progress: bool = True) -> dict:
+    from evaluation.run import score
+    from evaluation.scoring import Scorers
+
+    options = _run_options(audit, generate=False)
+    scorers = audit.cache.get("scorers")
+    if scorers is None or scorers.config != options.scoring:
+        scorers = audit.cache["scorers"] = Scorers(options.scoring, options.device)
+    score(audit.dir, audit.testset, options, ("score",), progress=progress, scorers=scorers)
+    audit.backends.update({k: v for k, v in scorers.cards().items() if v is not None})
+    scores = _table(audit, "scores", "score")
+    return {"n": len(scores), "n_failed": int((scores["status"] != "ok").sum())}
+
+
+# --------------------------------------------------------------------------- detector and ASV
+
+
+def real_recordings(audit: Audit) -> list[dict]:
+    """Distinct real recordings of the test set: ``{id, speaker, audio}`` (targets and prompt sources)."""
+    seen: dict[str, dict] = {}
+    for it in audit.testset.items:
+        if it.problem:
+            continue
+        for uid, path in ((it.id, it.target_audio), (it.prompt_source, it.prompt_audio)):
+            if uid and path and path not in {r["audio"] for r in seen.values()}:
+                seen.setdefault(uid, {"id": uid, "speaker": it.speaker, "audio": str(path)})
+    return sorted(seen.values(), key=lambda r: r["id"])
+
+
+def generated_rows(audit: Audit) -> list[dict]:
+    """``{id (= key), item, speaker, audio}`` of every generated file with status ok."""
+    gens = _table(audit, "generations", "generate")
+    speaker = {it.id: it.speaker for it in audit.testset.items}
+    ok = gens[(gens["status"] == "ok") & gens["audio"].notna()]
+    return [{"id": r.key, "item": r.id, "speaker": speaker[r.id], "audio": r.audio} for r in ok.itertuples()]
+
+
+def stage_detect(audit: Audit, progress: bool = True) -> dict:
+    from evaluation import detect_cli as dc
+    from evaluation.detect_data import Clip, load_clip_audio, split
+
+    o, p = audit.options, audit.cache["profile"]
+    name = audit.options.generator.partition(":")[0]
+    clips = [
+        Clip(r["id"], str(Path(r["audio"]).resolve()), r["speaker"], 1, "bonafide")
+        for r in real_recordings(audit)
+    ]
+    clips += [
+        Clip(r["id"], str(Path(r["audio"]).resolve()), r["speaker"], 0, name) for r in generated_rows(audit)
+    ]
+    if not any(c.label == 0 for c in clips):
+        raise ValueError("no generated file to train on (every generation failed?)")
+    sp = split(clips, o.detect_test_fraction, o.seed)
+
+    def make():
+        return dc.build_detector(p.detector, p.detector_size, controls=True, seed=o.seed)
+
+    detector = make()
+    train_audio = load_clip_audio(sp.train, progress=progress)
+    train_speakers = len({c.speaker for c in sp.train})
+    folds = dc.CALIBRATION_FOLDS if train_speakers >= dc.CALIBRATION_FOLDS else 0
+    calibration = dc.fit_and_calibrate(detector, sp.train, train_audio, folds=folds, make=make, seed=o.seed)
+    dc.save_model(detector, audit.dir / "detect" / "detector", sp.description)
+    attacks = dc.degradations(",".join(o.detect_degradations)) if o.detect_degradations else []
+    test_audio = load_clip_audio(sp.test, progress=progress)
+    metrics, scores = dc.evaluate(detector, sp.test, test_audio, attacks, o.bootstrap, o.seed)
+    report = {
+        "format": dc.EVAL_FORMAT,
+        "version": dc.EVAL_VERSION,
+        "model": {
+            "path": "detect/detector",
+            "kind": detector.kind,
+            "name": detector.name,
+            "controls": detector.controls.to_dict(),
+            "eer_threshold": dc.stored_threshold(detector),
+            "calibration": calibration,
+        },
+        "split": {k: sp.description.get(k) for k in ("seed", "test_fraction", "counts", "test_speakers")},
+        "degradations": {a.name: {"family": a.family, **a.params} for a in attacks},
+        "bootstrap": {"n": o.bootstrap, "seed": o.seed},
+        **metrics,
+        "definitions": dc.DEFINITIONS,
+    }
+    dc.write_eval(audit.dir / "detect", report, scores)
+    shutil.copyfile(audit.dir / "detect" / dc.SCORES_FILE, audit.dir / "tables" / "detector.parquet")
+    audit.backends["detector"] = {"backend": detector.kind, "name": detector.name}
+    note = None if folds else f"in-sample EER threshold: only {train_speakers} training speaker(s)"
+    return {"n": len(sp.test), "n_failed": 0, "note": note}
+
+
+def stage_asv(audit: Audit, progress: bool = True) -> dict:
+    from evaluation.asv import AsvConfig, run_asv
+    from evaluation.asv_cli import write_outputs
+
+    o, p = audit.options, audit.cache["profile"]
+    cm_dir = audit.dir / "detect" / "detector"
+    detect_ok = audit.stages["detect"].status == "done" and (cm_dir / "detector.json").is_file()
+    config = AsvConfig(
+        encoder=p.speaker, encoder_model=p.speaker_model, enrol_per_speaker=o.asv_enrol,
+        seed=o.seed, bootstrap=o.bootstrap, device=o.device,
+    )  # fmt: skip
+    spoofs = [{k: r[k] for k in ("id", "speaker", "audio")} for r in generated_rows(audit)]
+    report, trials = run_asv(real_recordings(audit), spoofs, config, cm=cm_dir if detect_ok else None)
+    write_outputs(audit.dir / "asv", report, trials)
+    shutil.copyfile(audit.dir / "asv" / "asv_trials.parquet", audit.dir / "tables" / "asv_trials.parquet")
+    audit.backends["asv"] = report.get("encoder")
+    note = None if detect_ok else "no detector (detect stage not done): ungated rates only"
+    return {"n": len(trials), "n_failed": len(report.get("skipped_spoofs") or {}), "note": note}
+
+
+# --------------------------------------------------------------------------- watermark robustness
+
+
+def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float | None, float | None]:
+    from scipy.stats import binomtest
+
+    if n == 0:
+        return None, None
+    ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def stage_watermark(audit: Audit, progress: bool = True) -> dict:
+    from tqdm import tqdm
+
+    from evaluation.run import write_parquet
+    from valle.audio import load_audio
+    from watermark.attacks import attack_bank, select, skipped_attacks
+
+    o, p = audit.options, audit.cache["profile"]
+    rng = np.random.default_rng(o.seed)
+    gen = generated_rows(audit)
+    if not gen:
+        raise ValueError("no generated file to attack (every generation failed?)")
+    real = real_recordings(audit)
+    k = min(o.watermark_clips, len(gen))
+    marked = [gen[i] for i in sorted(rng.choice(len(gen), k, replace=False))]
+    unmarked = [real[i] for i in sorted(rng.choice(len(real), min(k, len(real)), replace=False))]
+    attacks = select(attack_bank(p.encodec_weights, seed=o.seed), list(o.watermark_attacks))
+    wm = _watermarker(audit)
+    rows = []
+    clips = [(r, True) for r in marked] + [(r, False) for r in unmarked]
+    for r, is_marked in tqdm(clips, desc="watermark attacks", disable=not progress):
+        wav, sr = load_audio(r["audio"])
+        for atk in [None, *attacks]:
+            row = {"clip": r["id"], "marked": is_marked, "attack": "none" if atk is None else atk.name}
+            row["family"] = "none" if atk is None else atk.family
+            try:
+                aw, asr = (wav, sr) if atk is None else atk(wav, sr, original=wav)
+                det = wm.detect(np.asarray(aw, np.float32), asr)
+                row.update(detected=bool(det.detected), score=float(det.score), error=None)
+            except Exception as err:  # one attack failing on one clip is a row, not the end
+                row.update(detected=None, score=None, error=f"{type(err).__name__}: {err}")
+            rows.append(row)
+    per_clip = pd.DataFrame(rows)
+    per_attack = []
+    for name, g in per_clip.groupby("attack", sort=False):
+        m, u = g[g["marked"] & g["error"].isna()], g[~g["marked"] & g["error"].isna()]
+        tp, fp = int(m["detected"].sum()), int(u["detected"].sum())
+        (tl, th), (fl, fh) = wilson(tp, len(m)), wilson(fp, len(u))
+        per_attack.append(
+            {
+                "attack": name, "family": g["family"].iloc[0],
+                "n": len(m), "tpr": tp / len(m) if len(m) else None, "tpr_low": tl, "tpr_high": th,
+                "n_unmarked": len(u), "fpr": fp / len(u) if len(u) else None, "fpr_low": fl, "fpr_high": fh,
+                "n_errors": int(g["error"].notna().sum()),
+            }
+        )  # fmt: skip
+    per_attack = pd.DataFrame(per_attack)
+    write_parquet(per_clip, audit.dir / "tables" / "watermark_clips.parquet")
+    write_parquet(per_attack, audit.dir / "tables" / "watermark.parquet")
+    _write_json(
+        audit.dir / "watermark" / "robustness.json",
+        {
+            "backend": wm.card(),
+            "n_clips": len(marked),
+            "n_unmarked": len(unmarked),
+            "attacks": [a.name for a in attacks],
+            "skipped_attacks": skipped_attacks(p.encodec_weights),
+            "seed": o.seed,
+            "note": "generated files as written (marked) vs real references (unmarked), each attacked; "
+            "detected = the backend's own decision; Wilson 95% intervals",
+        },
+    )
+    return {"n": len(per_clip), "n_failed": int(per_clip["error"].notna().sum())}
+
+
+def stage_report(audit: Audit, progress: bool = True) -> dict:
+    from evaluation.audit import StageResult
+    from reports import write_scorecard
+
+    # the scorecard reads audit.json: give it this call's stage results so far
+    audit.stages["report"] = StageResult(status="running")
+    audit.save()
+    paths = write_scorecard(audit.dir)
+    return {"n": len(paths), "note": str(paths.get("html", ""))}
