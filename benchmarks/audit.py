@@ -53,8 +53,8 @@ def main() -> int:
     t_install = _timed(["make", "install"], clone, log)
     t_demo = _timed(["make", "demo"], clone, log)
     audit = json.loads((clone / "runs" / "audit" / "audit.json").read_text())
-    card = json.loads((clone / "runs" / "audit" / "scorecard.json").read_text())
-    n_items = json.loads((clone / "runs" / "audit" / "config.json").read_text())["n_items"]
+    config = json.loads((clone / "runs" / "audit" / "config.json").read_text())
+    n_items = config["n_items"]
     total = t_clone + t_install + t_demo
     figures = {
         "commit": commit,
@@ -65,7 +65,7 @@ def main() -> int:
         "budget_seconds": BUDGET_SECONDS,
         "within_budget": total <= BUDGET_SECONDS,
         "n_items": n_items,
-        "real_speech_included": "real_speech" in (card.get("testset") or {}).get("source", ""),
+        "real_speech_included": "real_speech" in config["testset_source"],
         **{f"stage_seconds_{k}": v["seconds"] for k, v in audit["stages"].items()},
         **{f"stage_status_{k}": v["status"] for k, v in audit["stages"].items()},
         "pip_cache": "warm (this machine's pip cache)",

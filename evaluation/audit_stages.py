@@ -148,7 +148,7 @@ def stage_verify(audit: Audit, progress: bool = True) -> dict:
                 score=det.get("score"),
                 signature_valid=v.get("signature_valid"),
                 hash_match=v.get("hash_match"),
-                reasons=" ".join(v.get("reasons", [])),
+                reasons="; ".join(v.get("reasons", [])),
             )
         except (OSError, ValueError) as err:  # one unreadable file is a row, not the end of the stage
             row.update(verdict="unreadable", detected=False, score=None, reasons=str(err))
