@@ -58,6 +58,7 @@ class AuditOptions:
     seeds: tuple[int, ...] = (0,)
     chunk_size: int = 8
     device: str = "cpu"
+    sampling: tuple[tuple[str, object], ...] = ()  # valle: SamplingOptions overrides (top_p, ras, ...)
     quality: bool = True  # DNSMOS
     detector: str = "lfcc-gmm"
     detect_degradations: tuple[str, ...] = DETECT_DEGRADATIONS

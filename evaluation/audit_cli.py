@@ -17,7 +17,8 @@ EXAMPLES = """examples:
   valle audit --generator folder:outputs/ --seed-tts-meta meta.lst --out runs/other
   valle audit --profile paper --generator valle:checkpoints/encodec_ckpt \\
       --asr-model ~/.cache/whisper/large-v3.pt --speaker-model models/spkrec-ecapa-voxceleb
-  valle compare runs/audit_a runs/audit_b       # paired differences, same test set
+  valle audit --no-ras --out runs/audit_no_ras  # same checkpoint, another decoding setting
+  valle compare runs/audit runs/audit_no_ras    # paired differences, same test set
 
 A killed audit resumes when the same command is run again. Stages: """ + ", ".join(STAGES)
 
@@ -59,6 +60,10 @@ def add_parser(sub) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--chunk-size", type=int, default=8)
     p.add_argument("--no-quality", action="store_true", help="skip DNSMOS")
+    s = p.add_argument_group("sampling (valle: generators; defaults: top-p 0.8, temperature 1, RAS on)")
+    s.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold")
+    s.add_argument("--temperature", type=float, default=None)
+    s.add_argument("--no-ras", action="store_true", help="disable repetition-aware sampling (VALL-E 2)")
     p.add_argument("--watermark-clips", type=int, default=6, help="generated files attacked (default 6)")
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--device", default="cpu")
@@ -92,12 +97,14 @@ def run(args: argparse.Namespace) -> int:
         for k in ("asr_model", "speaker_model", "watermark_generator", "watermark_detector", "codec_weights")
         if getattr(args, k)
     }
+    sampling = {"top_p": args.top_p, "temperature": args.temperature, "ras": False if args.no_ras else None}
     options = AuditOptions(
         generator=args.generator,
         profile=args.profile,
         seeds=tuple(args.seeds),
         chunk_size=args.chunk_size,
         device=args.device,
+        sampling=tuple(sorted((k, v) for k, v in sampling.items() if v is not None)),
         quality=not args.no_quality,
         watermark_clips=args.watermark_clips,
         bootstrap=args.bootstrap,

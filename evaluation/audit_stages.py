@@ -63,6 +63,8 @@ def _watermarker(audit: Audit):
 def _keys(audit: Audit):
     """(signer, public key, watermark key); the public half is copied into the run directory."""
     if "keys" not in audit.cache:
+        from cryptography.hazmat.primitives import serialization
+
         from evaluation.audit import default_keys
         from watermark.keys import load_key
         from watermark.provenance import load_signing_key
@@ -70,8 +72,6 @@ def _keys(audit: Audit):
         signing_path, key_file = default_keys(audit.options)
         signer = load_signing_key(signing_path)
         audit.cache["keys"] = (signer, signer.public_key(), load_key(key_file))
-        from cryptography.hazmat.primitives import serialization
-
         pem = signer.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
@@ -104,6 +104,7 @@ def _run_options(audit: Audit, generate: bool):
             speaker_model=p.speaker_model,
             quality=o.quality,
         ),
+        valle_options=(("sampling", dict(o.sampling)),) if _is_valle(audit) and o.sampling else (),
         watermark=watermark,
     )
 
