@@ -131,6 +131,13 @@ class Audit:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         audit = cls(out, options, testset)
+        saved = out / "testset.jsonl"
+        if saved.is_file() and [it.to_json() for it in TestSet.load(saved).items] != [
+            it.to_json() for it in testset.items
+        ]:
+            raise ValueError(
+                f"{saved} holds a different test set; use another --out, or delete it to start over"
+            )
         path = out / AUDIT_FILE
         if path.is_file():
             try:

@@ -126,6 +126,13 @@ def test_different_options_in_the_same_directory_are_refused(audited, small_test
         run_audit(out, small_testset, other, progress=False, log=lambda s: None)
 
 
+def test_another_test_set_in_the_same_directory_is_refused(audited, small_testset):
+    out, _ = audited
+    other = TestSet(small_testset.items[:3], {}, small_testset.source)
+    with pytest.raises(ValueError, match="holds a different test set"):
+        run_audit(out, other, OPTIONS, progress=False, log=lambda s: None)
+
+
 def test_a_failed_stage_is_recorded_and_the_scorecard_still_written(tmp_path, valle_home, small_testset):
     out = tmp_path / "run"
     audit = run_audit(out, small_testset, OPTIONS, only=("detect",), progress=False, log=lambda s: None)
