@@ -21,8 +21,6 @@ import math
 from pathlib import Path
 
 SCHEMA = 1
-# compare_runs names the any-flag difference after its column; the summary calls that metric rate_any_flag
-DIFF_ALIASES = {"any_flag": "rate_any_flag"}
 
 
 def _load_summary(run: Path) -> dict:
@@ -93,7 +91,6 @@ def compare(runs: list[str | Path]) -> dict:
             if str(p) not in msg or str(paths[0]) not in msg:
                 msg = f"cannot compare {p} with the baseline {paths[0]}: {msg}"
             raise ValueError(msg) from None
-        d["diff"] = {DIFF_ALIASES.get(k, k): v for k, v in d["diff"].items()}
         diffs.append(d)
     names: list[str] = []  # reading order of the baseline's summary, then anything the others add
     for s in summaries:

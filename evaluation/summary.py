@@ -214,7 +214,9 @@ def compare_runs(run_a: str | Path, run_b: str | Path) -> dict:
         if (ba or {}).get("sha256") != (bb or {}).get("sha256") or (ba or {}).get("backend") != (
             bb or {}
         ).get("backend"):
-            raise ValueError(f"{part} backends differ between the runs; their numbers are not comparable")
+            raise ValueError(
+                f"{part} backends differ between {run_a} and {run_b}; their numbers are not comparable"
+            )
     a, b = _errors(a[a["status"].isin(CHARGED)]), _errors(b[b["status"].isin(CHARGED)])
     ids = sorted(set(a["id"]) & set(b["id"]))
     a, b = a[a["id"].isin(ids)], b[b["id"].isin(ids)]
@@ -230,6 +232,6 @@ def compare_runs(run_a: str | Path, run_b: str | Path) -> dict:
             name = "mean_utt_wer"
         else:
             pa, pb = _per_item(oka, col).reindex(ids), _per_item(okb, col).reindex(ids)
-            name = col.replace("flag_", "rate_")
+            name = "rate_any_flag" if col == "any_flag" else col.replace("flag_", "rate_")
         out["diff"][name] = paired_mean_diff_ci(pa.to_numpy(float), pb.to_numpy(float)).to_json()
     return out
