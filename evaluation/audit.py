@@ -120,10 +120,9 @@ class Audit:
         }
 
     def save(self) -> None:
-        path = self.dir / AUDIT_FILE
-        tmp = path.with_name(f".{path.name}.partial")
-        tmp.write_text(json.dumps(self.to_json(), indent=2, default=str) + "\n")
-        tmp.replace(path)
+        from evaluation.run import _write_json
+
+        _write_json(self.dir / AUDIT_FILE, self.to_json(), sort_keys=False)  # stages stay in pipeline order
 
     @classmethod
     def open(cls, out: str | Path, options: AuditOptions, testset: TestSet) -> Audit:

@@ -32,13 +32,6 @@ from evaluation.audit import Audit
 PUBLIC_KEY = "keys/signing.public.pem"
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(obj, indent=2, default=str, allow_nan=False) + "\n")
-    tmp.replace(path)
-
-
 def _table(audit: Audit, name: str, needs: str) -> pd.DataFrame:
     path = audit.dir / "tables" / f"{name}.parquet"
     if not path.is_file():
@@ -181,14 +174,16 @@ def stage_score(audit: Audit, progress: bool = True) -> dict:
 
 def real_recordings(audit: Audit) -> list[dict]:
     """Distinct real recordings of the test set: ``{id, speaker, audio}`` (targets and prompt sources)."""
-    seen: dict[str, dict] = {}
+    rows: dict[str, dict] = {}
+    paths: set[str] = set()
     for it in audit.testset.items:
         if it.problem:
             continue
         for uid, path in ((it.id, it.target_audio), (it.prompt_source, it.prompt_audio)):
-            if uid and path and path not in {r["audio"] for r in seen.values()}:
-                seen.setdefault(uid, {"id": uid, "speaker": it.speaker, "audio": str(path)})
-    return sorted(seen.values(), key=lambda r: r["id"])
+            if uid and path and str(path) not in paths and uid not in rows:
+                rows[uid] = {"id": uid, "speaker": it.speaker, "audio": str(path)}
+                paths.add(str(path))
+    return sorted(rows.values(), key=lambda r: r["id"])
 
 
 def generated_rows(audit: Audit) -> list[dict]:
@@ -228,23 +223,10 @@ def stage_detect(audit: Audit, progress: bool = True) -> dict:
     attacks = dc.degradations(",".join(o.detect_degradations)) if o.detect_degradations else []
     test_audio = load_clip_audio(sp.test, progress=progress)
     metrics, scores = dc.evaluate(detector, sp.test, test_audio, attacks, o.bootstrap, o.seed)
-    report = {
-        "format": dc.EVAL_FORMAT,
-        "version": dc.EVAL_VERSION,
-        "model": {
-            "path": "detect/detector",
-            "kind": detector.kind,
-            "name": detector.name,
-            "controls": detector.controls.to_dict(),
-            "eer_threshold": dc.stored_threshold(detector),
-            "calibration": calibration,
-        },
-        "split": {k: sp.description.get(k) for k in ("seed", "test_fraction", "counts", "test_speakers")},
-        "degradations": {a.name: {"family": a.family, **a.params} for a in attacks},
-        "bootstrap": {"n": o.bootstrap, "seed": o.seed},
-        **metrics,
-        "definitions": dc.DEFINITIONS,
-    }
+    report = dc.eval_report(
+        "detect/detector", detector, sp.description, attacks, o.bootstrap, o.seed, metrics
+    )
+    report["model"]["calibration"] = calibration
     dc.write_eval(audit.dir / "detect", report, scores)
     shutil.copyfile(audit.dir / "detect" / dc.SCORES_FILE, audit.dir / "tables" / "detector.parquet")
     audit.backends["detector"] = {"backend": detector.kind, "name": detector.name}
@@ -287,7 +269,7 @@ def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float | None, floa
 def stage_watermark(audit: Audit, progress: bool = True) -> dict:
     from tqdm import tqdm
 
-    from evaluation.run import write_parquet
+    from evaluation.run import _write_json, write_parquet
     from valle.audio import load_audio
     from watermark.attacks import attack_bank, select, skipped_attacks
 
@@ -333,6 +315,7 @@ def stage_watermark(audit: Audit, progress: bool = True) -> dict:
     per_attack = pd.DataFrame(per_attack)
     write_parquet(per_clip, audit.dir / "tables" / "watermark_clips.parquet")
     write_parquet(per_attack, audit.dir / "tables" / "watermark.parquet")
+    (audit.dir / "watermark").mkdir(exist_ok=True)
     _write_json(
         audit.dir / "watermark" / "robustness.json",
         {

@@ -606,6 +606,40 @@ def evaluate(
     return report, scores
 
 
+def eval_report(
+    model_path: str | Path,
+    detector,
+    description: dict,
+    attacks: Sequence,
+    bootstrap: int,
+    seed: int,
+    metrics: dict,
+    **extra,
+) -> dict:
+    """``eval.json``: the model, its split, the degradations and the metric sections of :func:`evaluate`;
+    ``extra`` keys (e.g. ``inputs``) are appended."""
+    return {
+        "format": EVAL_FORMAT,
+        "version": EVAL_VERSION,
+        "model": {
+            "path": str(model_path),
+            "kind": detector.kind,
+            "name": detector.name,
+            "controls": detector.controls.to_dict(),
+            "eer_threshold": stored_threshold(detector),
+        },
+        "split": {
+            **{k: description.get(k) for k in ("seed", "test_fraction", "holdout_generator", "counts")},
+            "test_speakers": description.get("test_speakers"),
+        },
+        "degradations": {a.name: {"family": a.family, **a.params} for a in attacks},
+        "bootstrap": {"n": bootstrap, "seed": seed},
+        **metrics,
+        "definitions": DEFINITIONS,
+        **extra,
+    }
+
+
 def run_eval(args: argparse.Namespace) -> int:
     _threads(args.threads)
     if args.bootstrap < 0:
@@ -621,27 +655,10 @@ def run_eval(args: argparse.Namespace) -> int:
     audio = load_clip_audio(test, progress=args.progress)
     with _blas_limit(args.threads):
         metrics, scores = evaluate(detector, test, audio, attacks, args.bootstrap, args.seed)
-    report = {
-        "format": EVAL_FORMAT,
-        "version": EVAL_VERSION,
-        "model": {
-            "path": str(args.model),
-            "kind": detector.kind,
-            "name": detector.name,
-            "controls": detector.controls.to_dict(),
-            "eer_threshold": stored_threshold(detector),
-        },
-        "split": {
-            **{k: description.get(k) for k in ("seed", "test_fraction", "holdout_generator", "counts")},
-            "test_speakers": description.get("test_speakers"),
-            **notes,
-        },
-        "degradations": {a.name: {"family": a.family, **a.params} for a in attacks},
-        "bootstrap": {"n": args.bootstrap, "seed": args.seed},
-        **metrics,
-        "definitions": DEFINITIONS,
-        "inputs": sources,
-    }
+    report = eval_report(
+        args.model, detector, description, attacks, args.bootstrap, args.seed, metrics, inputs=sources
+    )
+    report["split"].update(notes)
     report_path, table_path = write_eval(args.out, report, scores)
     print(format_eval(report))
     print(f"report: {report_path}\nscores: {table_path}")
