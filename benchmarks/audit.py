@@ -35,6 +35,29 @@ def _timed(cmd: list[str], cwd: Path, log: Path) -> float:
     return time.perf_counter() - t0
 
 
+def headline(card: dict) -> dict:
+    """The scorecard's headline numbers, flat: ``<name>``, ``<name>_low``, ``<name>_high``, ``<name>_n``."""
+    asv = card["asv"]["operating_points"]
+    picks = {
+        "wer": card["intelligibility"]["metrics"]["wer"],
+        "ceiling_wer": card["intelligibility"]["metrics"]["ceiling_wer"],
+        "sim_prompt": card["similarity"]["metrics"]["sim_prompt"],
+        "ceiling_sim_target_prompt": card["similarity"]["metrics"]["ceiling_sim_target_prompt"],
+        "dnsmos_ovrl": card["quality"]["metrics"]["dnsmos_ovrl"],
+        "watermark_verified_rate": card["watermark"]["verify"]["verified_rate"],
+        "detector_eer": card["detection"]["metrics"]["eer"],
+        "asv_spoof_acceptance_eer": asv["eer"]["spoof_acceptance"],
+        "asv_gated_spoof_acceptance_eer": asv["eer"]["gated_spoof_acceptance"],
+        "asv_spoof_acceptance_far": asv["far"]["spoof_acceptance"],
+        "asv_gated_spoof_acceptance_far": asv["far"]["gated_spoof_acceptance"],
+    }
+    out = {}
+    for name, e in picks.items():
+        out.update({name: e["value"], f"{name}_low": e["low"], f"{name}_high": e["high"], f"{name}_n": e["n"]})
+    out["scorecard_ok"] = card["failures"].get("ok")
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--keep", type=Path, default=None, help="clone here and keep it (default: a temp dir)")
@@ -54,6 +77,7 @@ def main() -> int:
     t_demo = _timed(["make", "demo"], clone, log)
     audit = json.loads((clone / "runs" / "audit" / "audit.json").read_text())
     config = json.loads((clone / "runs" / "audit" / "config.json").read_text())
+    card = json.loads((clone / "runs" / "audit" / "scorecard.json").read_text())
     n_items = config["n_items"]
     total = t_clone + t_install + t_demo
     figures = {
@@ -69,6 +93,7 @@ def main() -> int:
         **{f"stage_seconds_{k}": v["seconds"] for k, v in audit["stages"].items()},
         **{f"stage_status_{k}": v["status"] for k, v in audit["stages"].items()},
         "pip_cache": "warm (this machine's pip cache)",
+        **headline(card),
     }
     data = (
         "`make demo` on a fresh clone: demo checkpoint, committed demo test set + "
