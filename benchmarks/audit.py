@@ -53,7 +53,8 @@ def headline(card: dict) -> dict:
     }
     out = {}
     for name, e in picks.items():
-        out.update({name: e["value"], f"{name}_low": e["low"], f"{name}_high": e["high"], f"{name}_n": e["n"]})
+        out.update({name: e["value"], f"{name}_n": e["n"]})
+        out.update({f"{name}_low": e["low"], f"{name}_high": e["high"]})
     out["scorecard_ok"] = card["failures"].get("ok")
     return out
 

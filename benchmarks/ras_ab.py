@@ -40,7 +40,8 @@ def main() -> int:
         figures[f"{name}_ras_on"] = m["values"][0]["value"]
         figures[f"{name}_ras_off"] = m["values"][1]["value"]
         d = m["diff"][1]
-        figures.update({f"{name}_diff": d["value"], f"{name}_diff_low": d["low"], f"{name}_diff_high": d["high"]})
+        figures[f"{name}_diff"] = d["value"]
+        figures.update({f"{name}_diff_low": d["low"], f"{name}_diff_high": d["high"]})
     config = json.loads((on / "config.json").read_text())
     data = (
         f"demo checkpoint, `valle audit` default test set ({config['n_items']} items: "
