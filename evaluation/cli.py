@@ -12,7 +12,7 @@ EXPECTED_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionErr
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from evaluation import asv_cli, audit_cli, compare_cli, detect_cli, score_cli, smoke
+    from evaluation import asv_cli, audit_cli, compare_cli, detect_cli, diagnose_cli, score_cli, smoke
     from valle import checkpoint, synthesize, train
     from valle.codec import cli as codec_cli
     from valle.corpus import cli as corpus_cli
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit_cli.add_parser(sub)
     compare_cli.add_parser(sub)
     smoke.add_parser(sub)
+    diagnose_cli.add_parser(sub)
     corpus_cli.add_parser(sub)
     codec_cli.add_parser(sub)
     train.add_parser(sub)

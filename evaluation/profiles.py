@@ -48,6 +48,8 @@ from dataclasses import dataclass, fields
 from importlib import metadata
 from pathlib import Path
 
+from valle.codec import DEFAULT_CODEC
+
 # the layout of speechbrain/spkrec-ecapa-voxceleb: its hyperparams' pretrainer loads the other four
 ECAPA_FILES = ("hyperparams.yaml", "embedding_model.ckpt", "mean_var_norm_emb.ckpt", "classifier.ckpt",
                "label_encoder.txt")  # fmt: skip
@@ -309,13 +311,14 @@ def _codec_files(name: str, override: str | Path | None, card_sha: str | None) -
                 "codec", "EnCodec 24 kHz (encodec_24khz_6kbps)", path, CHECKPOINT_SHA256, CHECKPOINT_URL, how
             )
         ]
-    if name == "melvq_24khz":
-        from valle.codec.melvq import DEFAULT_ASSET
+    if name in ("contentvq_24khz", "melvq_24khz"):
+        from valle.codec import contentvq, melvq
 
-        path = Path(override).expanduser() if override is not None else DEFAULT_ASSET
+        asset = (melvq if name == "melvq_24khz" else contentvq).DEFAULT_ASSET
+        path = Path(override).expanduser() if override is not None else asset
         note = "" if card_sha else "project asset; a checkpoint's codec card names the hash it needs"
         how = "committed in this repository (valle/codec/assets); or `valle codec fit`, --codec-weights PATH"
-        return [RequiredFile("codec", "melvq codebooks (melvq_24khz)", path, card_sha, "", how, note)]
+        return [RequiredFile("codec", f"offline codec tables ({name})", path, card_sha, "", how, note)]
     from valle.codec import CODECS
 
     raise ProfileError(f"unknown codec {name!r}; this project has {', '.join(CODECS)}")
@@ -359,7 +362,7 @@ def required_files(
         if role not in ("speaker", "watermark") or getattr(p, role) == BUNDLED_BACKEND[role]:
             files += _bundled(role, what, dist, relpaths)
     if include_codec:
-        name = p.codec or (codec_card or {}).get("name") or "melvq_24khz"
+        name = p.codec or (codec_card or {}).get("name") or DEFAULT_CODEC
         card_sha = (
             (codec_card or {}).get("weights_sha256") if (codec_card or {}).get("name") == name else None
         )

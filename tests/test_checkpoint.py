@@ -22,14 +22,30 @@ def saved(tmp_path):
     return tmp_path, model
 
 
-def test_round_trip_is_bit_exact_and_keeps_ties(saved):
+def test_round_trip_is_bit_exact_with_untied_heads(saved):
     path, model = saved
     ckpt = load_checkpoint(path)
     assert ckpt.step == 7 and ckpt.config == model.cfg and ckpt.codec == load_codec().card
     for (k, a), (_, b) in zip(model.state_dict().items(), ckpt.model.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
-    assert ckpt.model.nar.heads[0].weight is ckpt.model.nar.audio_embs[2].weight
+    assert not ckpt.config.tie_nar_heads
+    assert not torch.equal(ckpt.model.nar.heads[0].weight, ckpt.model.nar.audio_embs[2].weight)
     assert "param_groups" in load_optimizer_state(path)
+
+
+def test_legacy_tied_checkpoint_loads_with_its_ties(tmp_path):
+    # checkpoints written before `tie_nar_heads` existed (the demo one) tied the NAR heads and do not
+    # store the tied tensors; their config has no such field
+    symbols = SymbolTable.default()
+    model = VALLE(make_config("debug", len(symbols), tie_nar_heads=True))
+    save_checkpoint(tmp_path, model, symbols, load_codec().card, step=1)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    del meta["model"]["tie_nar_heads"]
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt.config.tie_nar_heads
+    assert ckpt.model.nar.heads[0].weight is ckpt.model.nar.audio_embs[2].weight
+    assert torch.equal(ckpt.model.nar.heads[0].weight, model.nar.audio_embs[2].weight)
 
 
 def test_tampered_weights_are_refused(saved):

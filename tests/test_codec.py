@@ -12,6 +12,8 @@ from tests.conftest import tone
 from valle.audio import AudioError, load_audio
 from valle.codec import CodecError, load_codec, load_codec_for
 from valle.codec.base import CodecCard, sha256_file
+from valle.codec.contentvq import DEFAULT_ASSET as CONTENTVQ_ASSET
+from valle.codec.contentvq import ContentVQCodec, ContentVQConfig, fit_contentvq
 from valle.codec.encodec import EncodecCodec, build_encodec_24khz
 from valle.codec.melvq import DEFAULT_ASSET, MelVQCodec, MelVQConfig, fit_melvq, rvq_decode, rvq_encode
 
@@ -130,6 +132,8 @@ def test_encodec_loads_checked_weights_and_has_paper_shape(encodec_weights):
     assert isinstance(codec, EncodecCodec)
     codes = codec.encode(tone(1.0), 24000)
     assert codes.shape == (75, 8) and int(codes.max()) < 1024
+    neutral = codec.neutral_codes()
+    assert neutral.shape == (8,) and int(neutral.max()) < 1024
     out, sr = codec.decode(codes)
     assert sr == 24000 and out.shape == (75 * 320,)
 
@@ -159,7 +163,7 @@ def test_codec_cli_roundtrip_and_info(tmp_path, capsys):
     assert np.load(tmp_path / "out.codes.npy").shape == (45, 8)
     capsys.readouterr()
     assert main(["codec", "info"]) == 0
-    assert json.loads(capsys.readouterr().out)["name"] == "melvq_24khz"
+    assert json.loads(capsys.readouterr().out)["name"] == "contentvq_24khz"
     assert main(["codec", "roundtrip", str(tmp_path / "nope.wav"), str(tmp_path / "x.wav")]) == 2
     assert "file not found" in capsys.readouterr().err
 
@@ -169,3 +173,108 @@ def test_melvq_decodes_very_short_code_sequences(melvq, n_frames):
     # a generator may stop after a frame or two; decoding must still give T * hop samples
     out, _ = melvq.decode(torch.zeros(n_frames, 8, dtype=torch.long))
     assert out.shape == (n_frames * 320,) and np.isfinite(out).all()
+
+
+# --- contentvq_24khz: the offline codec built for VALL-E --------------------------------------------
+
+DEMO_AUDIO = Path(__file__).resolve().parents[1] / "evaluation" / "testsets" / "demo" / "audio"
+
+
+@pytest.fixture(scope="module")
+def contentvq() -> ContentVQCodec:
+    return load_codec("contentvq_24khz")
+
+
+@pytest.fixture(scope="module")
+def piper_clip() -> tuple[np.ndarray, int]:
+    """A committed held-out utterance of a corpus Piper voice (speech, not a tone)."""
+    return load_audio(next(DEMO_AUDIO.glob("piper-*.flac")), 24000)
+
+
+def test_contentvq_is_the_default_with_encodec_shape(contentvq):
+    assert load_codec().card == contentvq.card
+    card = contentvq.card
+    assert card.name == "contentvq_24khz" and card.weights_sha256 == sha256_file(CONTENTVQ_ASSET)
+    assert (card.sample_rate, card.frame_rate, card.n_codebooks, card.codebook_size) == (24000, 75.0, 8, 1024)
+
+
+def test_contentvq_round_trip_is_deterministic_and_all_codebooks_refine(contentvq, piper_clip):
+    wav, sr = piper_clip
+    codes = contentvq.encode(wav, sr)
+    assert codes.shape == (-(-len(wav) // 320), 8)
+    out, _ = contentvq.decode(codes)
+    np.testing.assert_array_equal(out, contentvq.decode(codes)[0])
+    x = contentvq.frontend.analyse(torch.from_numpy(wav))
+    neutral = contentvq.neutral_codes()
+    errs = []
+    for q in (1, 2, 4, 8):
+        partial = codes.clone()
+        partial[:, q:] = neutral[q:]
+        errs.append((x - contentvq.reconstruct(partial)).pow(2).mean().item())
+    assert errs[0] > errs[1] > errs[2] > errs[3]
+
+
+def test_codebook_1_ignores_level_unlike_melvq(contentvq, melvq, piper_clip):
+    # VALL-E's AR writes codebook 1 from the phonemes alone: it must carry what is said, not how loud.
+    # A -12 dB copy of the same utterance keeps almost every contentvq codebook-1 code; the plain
+    # residual k-means of melvq spends codebook 1 on level, so most of its codes change.
+    wav, sr = piper_clip
+    quiet = wav * 10 ** (-12 / 20)
+    same = {
+        name: (codec.encode(wav, sr)[:, 0] == codec.encode(quiet, sr)[:, 0]).float().mean().item()
+        for name, codec in (("contentvq", contentvq), ("melvq", melvq))
+    }
+    assert same["contentvq"] > 0.9 and same["melvq"] < 0.5, same
+
+
+def test_codebook_1_of_two_voices_agrees_more_on_the_same_sentence(contentvq):
+    # Two corpus voices reading the same words share more codebook-1 codes (after aligning by
+    # dynamic programming on the code sequences) than one voice reading two different sentences.
+    from valle.corpus.piper import PiperSynth
+
+    synth = PiperSynth(seed=0)
+    a = "the boat drifted slowly toward the quiet harbour"
+    b = "seven green apples fell from the tall tree"
+    codes = {
+        (text, vtl): contentvq.encode(*synth.synthesize(text, vtl=vtl, out_sr=24000))[:, 0]
+        for text in (a, b)
+        for vtl in (0.9, 1.1)
+    }
+
+    def overlap(x: torch.Tensor, y: torch.Tensor) -> float:
+        # longest common subsequence of the two code strings, as a share of the shorter one
+        prev = [0] * (len(y) + 1)
+        for xi in x.tolist():
+            cur = [0]
+            for j, yj in enumerate(y.tolist()):
+                cur.append(prev[j] + 1 if xi == yj else max(prev[j + 1], cur[j]))
+            prev = cur
+        return prev[-1] / min(len(x), len(y))
+
+    same_text = overlap(codes[(a, 0.9)], codes[(a, 1.1)])
+    other_text = overlap(codes[(a, 0.9)], codes[(b, 1.1)])
+    # measured 0.18 vs 0.10 (exact code matches across two vocal-tract lengths are a strict test)
+    assert same_text > 1.4 * other_text, (same_text, other_text)
+
+
+def test_contentvq_fit_save_load_and_refusals(tmp_path):
+    cfg = ContentVQConfig(mel=MelVQConfig(codebook_size=32))
+    wavs = [tone(2.0, freq=f) * np.linspace(0.2, 1.0, 48000, dtype=np.float32) for f in (120.0, 200.0, 310.0)]
+    codec = fit_contentvq(wavs, cfg, kmeans_iters=3, progress=False)
+    path = codec.save(tmp_path / "cvq.safetensors")
+    loaded = ContentVQCodec.load(path)
+    assert loaded.card.weights_sha256 == sha256_file(path) and loaded.cfg == cfg
+    np.testing.assert_array_equal(loaded.encode(wavs[0], 24000), loaded.encode(wavs[0], 24000))
+    save_file({"codebooks": torch.zeros(8, 1024, 100)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(CodecError, match="expected format valle-contentvq"):
+        ContentVQCodec.load(tmp_path / "other.safetensors")
+    with pytest.raises(CodecError, match="not found"):
+        ContentVQCodec.load(tmp_path / "missing.safetensors")
+    with pytest.raises(CodecError, match="too little data"):
+        fit_contentvq([tone(0.5)], progress=False)
+
+
+def test_melvq_checkpoints_refuse_contentvq(contentvq, melvq):
+    # codes from one offline codec mean nothing to the other: a checkpoint's card pins its codec
+    with pytest.raises(CodecError, match="made with codec 'melvq_24khz'"):
+        contentvq.card.check_compatible(melvq.card)

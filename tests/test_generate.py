@@ -390,3 +390,33 @@ def test_generate_rejects_bad_input(model, edit, match):
     texts, prompts, counts = _requests(text_lens=(20, 31), prompt_frames=(80, 100))
     with pytest.raises(GenerationError, match=match):
         generate(model, *edit(texts, prompts, counts))
+
+
+def test_ras_firing_rate_counts_frames_the_rule_would_resample():
+    from valle.sampling import ras_firing_rate
+
+    seq = torch.tensor([1, 1, 1, 2, 3])
+    # t=1: one earlier 1 -> 1/10, not > 0.1; t=2: two -> 2/10 > 0.1 fires; t=3, t=4: new codes
+    assert ras_firing_rate([seq], window=10, threshold=0.1) == 1 / 4
+    assert ras_firing_rate([seq], window=10, threshold=0.0) == 2 / 4
+    assert ras_firing_rate([seq], window=2, threshold=0.5) == 1 / 4  # t=2: both of [1, 1]
+
+
+def test_ras_calibration_picks_the_smallest_threshold_under_the_target():
+    from valle.sampling import calibrate_ras_threshold
+
+    # runs of 4 equal codes: inside a run the current code is already 1, 2, 3 times in the window
+    runs = [torch.arange(50).repeat_interleave(4)]
+    threshold, rate = calibrate_ras_threshold(runs, window=10, max_rate=0.02)
+    assert threshold == 0.3 and rate == 0.0
+    assert calibrate_ras_threshold(runs, window=10, max_rate=0.3)[0] == 0.2  # fires on 50/199 frames
+
+
+def test_generation_uses_the_checkpoints_calibrated_ras_threshold():
+    from valle.sampling import PAPER_RAS_THRESHOLD, calibrated
+
+    extra = {"ras": {"window": 10, "threshold": 0.6, "ground_truth_rate": 0.013}}
+    assert calibrated(SamplingOptions(), extra).ras_threshold == 0.6
+    assert calibrated(SamplingOptions(ras_threshold=0.2), extra).ras_threshold == 0.2  # asked for
+    assert calibrated(SamplingOptions(), {}).ras_threshold == PAPER_RAS_THRESHOLD  # old checkpoints
+    assert calibrated(SamplingOptions(ras_window=5), extra).ras_threshold == PAPER_RAS_THRESHOLD

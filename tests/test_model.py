@@ -150,7 +150,24 @@ def test_fresh_adaln_is_plain_layernorm():
     torch.testing.assert_close(before, after, atol=0, rtol=0)
 
 
-def test_nar_head_tying(model):
+def test_nar_heads_are_untied_by_default(model):
+    nar = model.nar
+    assert not model.cfg.tie_nar_heads
+    heads, embs = {id(h.weight) for h in nar.heads}, {id(e.weight) for e in nar.audio_embs}
+    assert not heads & embs
+    assert model.num_parameters() == sum(p.numel() for p in model.state_dict().values())
+
+
+def test_embeddings_are_not_drowned_by_positions(model):
+    # the text identity must be comparable to the sinusoidal positions (RMS ~0.71) at the start
+    pe_rms = 2**-0.5
+    for emb in (model.ar.text_emb, model.ar.audio_emb, model.nar.text_emb, *model.nar.audio_embs):
+        rms = emb.weight[1:].pow(2).mean().sqrt().item()
+        assert 0.5 < rms / pe_rms < 2.0
+
+
+def test_nar_head_tying_when_asked():
+    model = VALLE(make_config("debug", N_PHONEMES, tie_nar_heads=True))
     nar, Q = model.nar, model.cfg.n_codebooks
     for i in range(Q - 2):  # head i predicts codebook i+1 and shares e_{i+2}
         assert nar.heads[i].weight is nar.audio_embs[i + 2].weight

@@ -164,6 +164,7 @@ if info.rank == 0:
 sys.exit(main([
     "--manifest", manifest, "--out", out, "--cache-dir", cache, "--preset", "debug", "--max-steps", "3",
     "--max-frames", "250", "--log-every", "1", "--device", "cpu", "--no-progress", "--warmup-steps", "1",
+    "--codec", "melvq_24khz",
 ]))
 """
 
@@ -191,3 +192,21 @@ def test_torchrun_two_ranks_train_and_average_gradients_like_one_process(cache, 
     assert ref.keys() <= ddp.keys()
     for k, g in ref.items():
         torch.testing.assert_close(ddp[k], g, rtol=1e-4, atol=1e-7, msg=k)
+
+
+def test_training_one_part_leaves_the_other_untouched_and_ras_is_calibrated(cache, tmp_path):
+    cfg = replace(CFG, max_steps=3, parts="nar")
+    train(cfg, cache, tmp_path / "run", progress=False)
+    log = read_log(tmp_path / "run")
+    assert all("nar_loss" in r and "ar_loss" not in r for r in log)
+    ckpt = load_checkpoint(tmp_path / "run" / "last")
+    torch.manual_seed(cfg.seed)  # the initial weights train() started from
+    fresh = build_model(cfg, ckpt.symbols, ckpt.codec)
+    for (name, a), b in zip(fresh.ar.state_dict().items(), ckpt.model.ar.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert not torch.equal(fresh.nar.text_emb.weight, ckpt.model.nar.text_emb.weight)
+    # RAS threshold calibrated on the cache's ground-truth codebook 1 and stored for generation
+    ras = ckpt.extra["ras"]
+    assert ras["window"] == 10 and 0 < ras["threshold"] < 1 and ras["ground_truth_rate"] <= 0.02
+    with pytest.raises(ValueError, match="parts"):
+        TrainConfig(parts="encoder")

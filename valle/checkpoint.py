@@ -69,7 +69,7 @@ def save_checkpoint(
     directory.mkdir(parents=True, exist_ok=True)
     weights = directory / WEIGHTS
     tmp = directory / f".{WEIGHTS}.partial"
-    # tied NAR heads share storage with embeddings; safetensors refuses shared tensors, so the
+    # tied NAR heads (tie_nar_heads) share storage with embeddings; safetensors refuses shared tensors, so the
     # state dict is de-duplicated here and the ties are restored by the constructor on load
     state = {
         k: v.detach().cpu().to(dtype if dtype is not None and v.is_floating_point() else v.dtype).contiguous()
@@ -100,7 +100,8 @@ def _is_tied_head(key: str, cfg: VALLEConfig) -> bool:
     # nar.heads.{i}.weight for i < n_codebooks - 2 is audio_embs[i + 2].weight (see NARModel)
     parts = key.split(".")
     return (
-        len(parts) == 4
+        cfg.tie_nar_heads
+        and len(parts) == 4
         and parts[:2] == ["nar", "heads"]
         and parts[3] == "weight"
         and int(parts[2]) < cfg.n_codebooks - 2
@@ -142,7 +143,8 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
             "(weights modified or from another checkpoint)"
         )
     try:
-        cfg = VALLEConfig(**meta["model"])
+        # checkpoints from before ``tie_nar_heads`` existed all tied the NAR heads
+        cfg = VALLEConfig(**{"tie_nar_heads": True, **meta["model"]})
         symbols = SymbolTable.from_json(meta["symbols"])
         codec = CodecCard.from_json(meta["codec"])
     except (TypeError, ValueError) as err:

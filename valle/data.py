@@ -346,6 +346,10 @@ class TokenDataset(Dataset):
         """Codec frames per item (what the sampler buckets on)."""
         return [it["frames"] for it in self.items]
 
+    def codebook1(self) -> list[torch.Tensor]:
+        """Codebook 1 of every item, ``[T_i]`` each (what RAS is calibrated on)."""
+        return [self._codes[a:b, 0] for a, b in zip(self._code_off[:-1], self._code_off[1:], strict=True)]
+
     def __getitem__(self, i: int) -> Item:
         meta = self.items[i]
         c0, c1 = int(self._code_off[i]), int(self._code_off[i + 1])

@@ -43,6 +43,10 @@ class VALLEConfig:
     dropout: float = 0.1
     n_codebooks: int = 8
     codebook_size: int = 1024
+    # lifeiteng/vall-e ties NAR head j to the input embedding of codebook j+1. In a residual
+    # quantiser code k of one codebook has nothing to do with code k of the next, so heads are
+    # untied by default; checkpoints written before this field existed were tied (see checkpoint.py).
+    tie_nar_heads: bool = False
 
     @property
     def eos(self) -> int:  # AR output vocabulary = codes + <eos>
@@ -274,11 +278,12 @@ class NARModel(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, adaptive=True) for _ in range(cfg.n_layers))
         self.norm = AdaptiveLayerNorm(D)
         self.heads = nn.ModuleList(nn.Linear(D, K, bias=False) for _ in range(Q - 1))
-        # As in lifeiteng/vall-e: the head predicting codebook j shares its weight with the input
-        # embedding of codebook j+1 (0-indexed: heads[i] predicts codebook i+1, tied to audio_embs[i+2]);
-        # the head for the last codebook has no later embedding and stays untied.
-        for i in range(Q - 2):
-            self.heads[i].weight = self.audio_embs[i + 2].weight
+        if cfg.tie_nar_heads:
+            # lifeiteng/vall-e: the head predicting codebook j shares its weight with the input
+            # embedding of codebook j+1 (0-indexed: heads[i] predicts codebook i+1, tied to
+            # audio_embs[i+2]); the head for the last codebook has no later embedding and stays untied.
+            for i in range(Q - 2):
+                self.heads[i].weight = self.audio_embs[i + 2].weight
 
     def forward(
         self,
@@ -332,7 +337,12 @@ class VALLE(nn.Module):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, std=0.02)
+            # N(0, 1), nn.Embedding's own init, which lifeiteng/vall-e keeps. The sinusoidal positions
+            # added to these have RMS ~0.7; at std 0.02 the phoneme identity was 1/28 of the input
+            # after 850 steps and the AR learnt to ignore the text.
+            nn.init.normal_(m.weight, std=1.0)
+            if m.padding_idx is not None:
+                nn.init.zeros_(m.weight[m.padding_idx])
         if isinstance(m, AdaptiveLayerNorm):  # start as a plain LayerNorm: scale 1, shift 0
             nn.init.zeros_(m.project.weight)
             nn.init.zeros_(m.project.bias)

@@ -7,6 +7,13 @@ ratio r = (1/K) * sum_{i=t-K..t-1} 1[c_i = c_t] over the last K generated tokens
 c_t by a draw from the full distribution (random sampling). Nucleus sampling keeps decoding stable,
 the random fallback breaks the token loops that small top-p values fall into.
 
+The paper's t_r = 0.1 with K = 10 fires whenever c_t already occurs once in the window. That suits
+EnCodec, whose consecutive codebook-1 codes rarely repeat, but the offline codecs repeat the previous
+code on ~50% (``melvq_24khz``) or more (``contentvq_24khz``) of ground-truth frames, where the same
+rule would fight correct output. So t_r is calibrated per codec on ground-truth codes
+(:func:`calibrate_ras_threshold`: the smallest t_r that fires on at most 2% of real frames); training
+stores it in the checkpoint and generation uses it unless a threshold is given.
+
 Randomness comes from explicit ``torch.Generator`` objects (CPU): every step draws exactly two
 uniforms per item (one for the nucleus draw, one for the RAS redraw, used or not), and tokens are
 drawn by inverting the CDF with them. So an item's tokens depend only on its own generator and
@@ -17,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import torch
@@ -25,9 +32,12 @@ import torch
 __all__ = [
     "SampleResult",
     "SamplingOptions",
+    "calibrate_ras_threshold",
+    "calibrated",
     "categorical",
     "draw_uniforms",
     "filter_logits",
+    "ras_firing_rate",
     "repetition_mask",
     "sample_tokens",
 ]
@@ -42,7 +52,9 @@ class SamplingOptions:
     top_p: float = 0.8  # 1.0 = off
     ras: bool = True
     ras_window: int = 10  # K
-    ras_threshold: float = 0.1  # t_r: resample when the share of c_t in the window exceeds this
+    # t_r: resample when the share of c_t in the window exceeds this. None: the threshold calibrated
+    # for the checkpoint's codec (see the module docstring), else the paper's 0.1
+    ras_threshold: float | None = None
     greedy: bool = False  # argmax; no randomness and no RAS
 
     def __post_init__(self) -> None:
@@ -54,8 +66,12 @@ class SamplingOptions:
             raise ValueError(f"SamplingOptions.top_p must be in (0, 1], got {self.top_p}")
         if self.ras_window < 1:
             raise ValueError(f"SamplingOptions.ras_window must be >= 1, got {self.ras_window}")
-        if not 0 <= self.ras_threshold < 1:
+        if self.ras_threshold is not None and not 0 <= self.ras_threshold < 1:
             raise ValueError(f"SamplingOptions.ras_threshold must be in [0, 1), got {self.ras_threshold}")
+
+
+PAPER_RAS_THRESHOLD = 0.1  # VALL-E 2's t_r for K = 10
+RAS_MAX_GROUND_TRUTH_RATE = 0.02  # calibration target: RAS fires on at most this share of real frames
 
 
 class SampleResult(NamedTuple):
@@ -144,9 +160,51 @@ def sample_tokens(
     tokens = categorical(filter_logits(scaled, options.top_k, options.top_p), u[:, 0])
     resampled = torch.zeros(B, dtype=torch.bool, device=logits.device)
     if options.ras and history.shape[1] > 0:
-        resampled = repetition_mask(
-            tokens, history.to(tokens.device), options.ras_window, options.ras_threshold
-        )
+        threshold = PAPER_RAS_THRESHOLD if options.ras_threshold is None else options.ras_threshold
+        resampled = repetition_mask(tokens, history.to(tokens.device), options.ras_window, threshold)
         if bool(resampled.any()):
             tokens = torch.where(resampled, categorical(scaled, u[:, 1]), tokens)
     return SampleResult(tokens, resampled)
+
+
+def ras_firing_rate(sequences: Sequence[torch.Tensor], window: int, threshold: float) -> float:
+    """Share of frames of ground-truth codebook-1 ``sequences`` (each ``[T]``) on which RAS would
+    fire if they had been sampled: frame t, with the previous ``window`` frames as history."""
+    fired = total = 0
+    for seq in sequences:
+        seq = seq.long()
+        if len(seq) < 2:
+            continue
+        T = len(seq)
+        padded = torch.cat([seq.new_full((window,), -1), seq])
+        history = padded.unfold(0, window, 1)[:T]  # [T, window]: the frames before t
+        fired += int(repetition_mask(seq, history, window, threshold)[1:].sum())
+        total += T - 1
+    if total == 0:
+        raise ValueError("ras_firing_rate: no sequence has two or more frames")
+    return fired / total
+
+
+def calibrate_ras_threshold(
+    sequences: Sequence[torch.Tensor], window: int = 10, max_rate: float = RAS_MAX_GROUND_TRUTH_RATE
+) -> tuple[float, float]:
+    """The smallest t_r in {k / window} at which RAS fires on at most ``max_rate`` of ground-truth
+    frames; returns ``(t_r, firing rate)``. Thresholds are compared with ``count / window > t_r``,
+    so t_r = k / window allows k copies of c_t in the window."""
+    for k in range(1, window):
+        threshold = k / window
+        rate = ras_firing_rate(sequences, window, threshold)
+        if rate <= max_rate:
+            return threshold, rate
+    return (window - 1) / window, ras_firing_rate(sequences, window, (window - 1) / window)
+
+
+def calibrated(sampling: SamplingOptions, checkpoint_extra: dict) -> SamplingOptions:
+    """``sampling`` with the RAS threshold a checkpoint stored for its codec (``extra["ras"]``, written
+    by training) filled in when none was given; the paper's 0.1 when the checkpoint has none or was
+    calibrated for another window."""
+    if sampling.ras_threshold is not None:
+        return sampling
+    ras = checkpoint_extra.get("ras") or {}
+    found = ras.get("threshold") if ras.get("window") == sampling.ras_window else None
+    return replace(sampling, ras_threshold=PAPER_RAS_THRESHOLD if found is None else float(found))

@@ -27,6 +27,7 @@ from valle.generate import (
     generate,
 )
 from valle.phonemes import Phonemizer, text_to_ids
+from valle.sampling import SamplingOptions, calibrated
 from watermark.base import Watermarker, WatermarkError
 from watermark.keys import WatermarkKey
 from watermark.provenance import Ledger, build_manifest, payload_from_str, payload_to_str, sign_manifest
@@ -200,7 +201,9 @@ class Generator:
             for p in prompted
         )
         min_frames = max(options.min_frames, math.floor(self.min_length_ratio * expected))
-        options = replace(options, min_frames=min_frames)
+        options = replace(
+            options, min_frames=min_frames, sampling=calibrated(options.sampling, self.ckpt.extra)
+        )
         outputs = generate(
             self.model,
             [p.text_ids for p in prompted],
@@ -362,8 +365,6 @@ def watermark_setup(args, device: str = "cpu") -> dict:
 
 def run(args) -> int:
     import sys
-
-    from valle.sampling import SamplingOptions
 
     texts = list(args.text)
     if args.texts_file:

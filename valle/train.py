@@ -45,11 +45,14 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from valle.checkpoint import CheckpointError, load_checkpoint, load_optimizer_state, save_checkpoint
 from valle.codec.base import CodecCard
 from valle.data import TEXT_HAS_BOS_EOS, Batch, LengthBucketSampler, TokenDataset, collate
+from valle.hardware import bf16_autocast_ok
 from valle.model import IGNORE, PRESETS, VALLE, VALLEConfig, lengths_to_mask, make_config
 from valle.phonemes import SymbolTable
+from valle.sampling import SamplingOptions, calibrate_ras_threshold
 
 LAST = "last"
 LOG = "log.jsonl"
+PARTS = ("ar+nar", "ar", "nar")
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,8 @@ class TrainConfig:
     nar_prompt_max_frames: int = 225  # ... and capped (3 s at 75 Hz)
     dropout: float | None = None  # None: the preset's
     device: str = "auto"  # auto | cpu | cuda
-    bf16: bool = True  # autocast to bfloat16 (CUDA only; ignored on CPU)
+    bf16: bool = True  # autocast to bfloat16 on CUDA and on CPUs with native bf16 (valle.hardware)
+    parts: str = "ar+nar"  # which model(s) to train: ar+nar | ar | nar (the other is left as is)
     tensorboard: bool = True  # write out_dir/tb when tensorboard is installed
 
     def __post_init__(self) -> None:
@@ -95,6 +99,8 @@ class TrainConfig:
                 "TrainConfig: need 0 <= nar_prompt_min <= nar_prompt_max < 1, got "
                 f"{self.nar_prompt_min}, {self.nar_prompt_max}"
             )
+        if self.parts not in PARTS:
+            raise ValueError(f"TrainConfig.parts: expected one of {', '.join(PARTS)}, got {self.parts!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"TrainConfig.device: expected auto, cpu or cuda, got {self.device!r}")
 
@@ -164,12 +170,13 @@ class LossModule(nn.Module):
     """Wraps :class:`VALLE` so one ``forward`` (what DDP hooks) runs both the AR and the NAR.
 
     Returns summed statistics ``[ar_loss_sum, ar_correct, nar_loss_sum, nar_correct]``; the caller
-    divides by the global token counts.
+    divides by the global token counts. A part left out of ``parts`` is not run and gives zeros.
     """
 
-    def __init__(self, model: VALLE) -> None:
+    def __init__(self, model: VALLE, parts: str = "ar+nar") -> None:
         super().__init__()
         self.model = model
+        self.parts = parts.split("+")
 
     def forward(
         self,
@@ -180,13 +187,18 @@ class LossModule(nn.Module):
         prompt_lens: torch.Tensor,
         stage: int,
     ) -> torch.Tensor:
-        ar_logits, ar_targets = self.model.ar(text, text_lens, codes[..., 0], audio_lens)  # [B, T+1, V]
-        nar_logits = self.model.nar(text, text_lens, codes, audio_lens, prompt_lens, stage)  # [B, T, K]
-        T = codes.shape[1]
-        in_target = lengths_to_mask(audio_lens, T) & ~lengths_to_mask(prompt_lens, T)
-        nar_targets = codes[..., stage].masked_fill(~in_target, IGNORE)
         stats = []
-        for logits, targets in ((ar_logits, ar_targets), (nar_logits, nar_targets)):
+        for part in ("ar", "nar"):
+            if part not in self.parts:
+                stats += [codes.new_zeros((), dtype=torch.float32)] * 2
+                continue
+            if part == "ar":
+                logits, targets = self.model.ar(text, text_lens, codes[..., 0], audio_lens)  # [B, T+1, V]
+            else:
+                logits = self.model.nar(text, text_lens, codes, audio_lens, prompt_lens, stage)  # [B, T, K]
+                T = codes.shape[1]
+                in_target = lengths_to_mask(audio_lens, T) & ~lengths_to_mask(prompt_lens, T)
+                targets = codes[..., stage].masked_fill(~in_target, IGNORE)
             loss = F.cross_entropy(
                 logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum"
             )
@@ -195,9 +207,9 @@ class LossModule(nn.Module):
         return torch.stack(stats)
 
 
-def wrap_model(model: VALLE, info: DistInfo) -> nn.Module:
+def wrap_model(model: VALLE, info: DistInfo, parts: str = "ar+nar") -> nn.Module:
     """:class:`LossModule` around ``model``, DDP-wrapped when running distributed."""
-    module: nn.Module = LossModule(model)
+    module: nn.Module = LossModule(model, parts)
     if info.distributed:
         # the NAR heads of the stages not drawn this step get no gradient
         ids = [info.device.index] if info.device.type == "cuda" else None
@@ -250,7 +262,7 @@ def backward_step(
         "ar_acc": ar_correct / n_ar,
         "nar_loss": nar_sum / n_nar,
         "nar_acc": nar_correct / n_nar,
-        "tokens": n_ar + n_nar,
+        "tokens": n_ar * (sums[0] != 0).item() + n_nar * (sums[2] != 0).item(),  # trained parts only
     }
 
 
@@ -435,6 +447,8 @@ def train(
     }
     torch.manual_seed(cfg.seed + info.rank)
 
+    ras_window = SamplingOptions().ras_window
+    ras_threshold, ras_rate = calibrate_ras_threshold(dataset.codebook1(), ras_window)
     step, epoch, pos, resumed_from = 0, 0, 0, None
     ckpt_dir = _resume_dir(out_dir)
     if ckpt_dir is not None:
@@ -443,8 +457,8 @@ def train(
         if info.is_master:
             _truncate_log(out_dir / LOG, step)
 
-    module = wrap_model(model, info)
-    autocast = cfg.bf16 and device.type == "cuda"
+    module = wrap_model(model, info, cfg.parts)
+    autocast = cfg.bf16 and bf16_autocast_ok(device)
     stop = min(cfg.max_steps, until_step if until_step is not None else cfg.max_steps)
 
     writer = None
@@ -479,6 +493,8 @@ def train(
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
             metrics = backward_step(module, micro, prompt_lens, stage, world, autocast)
+            for part in {"ar", "nar"} - set(cfg.parts.split("+")):  # not trained: nothing to report
+                metrics.pop(f"{part}_loss"), metrics.pop(f"{part}_acc")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm))
             optimizer.step()
             step += 1
@@ -491,10 +507,7 @@ def train(
                     "step": step,
                     "epoch": epoch,
                     "lr": lr,
-                    "ar_loss": metrics["ar_loss"],
-                    "ar_acc": metrics["ar_acc"],
-                    "nar_loss": metrics["nar_loss"],
-                    "nar_acc": metrics["nar_acc"],
+                    **{k: v for k, v in metrics.items() if k != "tokens"},
                     "nar_stage": stage + 1,  # the paper's j
                     "grad_norm": grad_norm,
                     "tokens_per_s": tokens_since / max(now - t_since, 1e-9),
@@ -502,7 +515,7 @@ def train(
                 tokens_since, t_since = 0.0, now
                 log_file.write(json.dumps(row) + "\n")
                 log_file.flush()
-                bar.set_postfix(ar=f"{row['ar_loss']:.3f}", nar=f"{row['nar_loss']:.3f}")
+                bar.set_postfix({k: f"{row[k]:.3f}" for k in ("ar_loss", "nar_loss") if k in row})
                 if writer is not None:
                     for k, v in row.items():
                         if k != "step":
@@ -521,6 +534,8 @@ def train(
                         "text_has_bos_eos": TEXT_HAS_BOS_EOS,
                     },
                     "metrics": metrics,
+                    # repetition-aware sampling calibrated on this codec's ground-truth codebook 1
+                    "ras": {"window": ras_window, "threshold": ras_threshold, "ground_truth_rate": ras_rate},
                 }
                 _checkpoint(out_dir, model, optimizer, dataset, step, extra, info, gens)
     finally:
@@ -576,7 +591,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--log-every", type=int, default=d.log_every)
     p.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d.device)
-    p.add_argument("--no-bf16", action="store_true", help="train in float32 on CUDA too")
+    p.add_argument("--parts", choices=PARTS, default=d.parts, help="train both models or only one")
+    p.add_argument(
+        "--no-bf16", action="store_true", help="train in float32 (default: bf16 autocast where native)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     p.set_defaults(func=run)
 
@@ -602,6 +620,7 @@ def run(args: argparse.Namespace) -> int:
         ckpt_every=args.ckpt_every,
         device=args.device,
         bf16=not args.no_bf16,
+        parts=args.parts,
     )
     cache_dir = args.cache_dir or args.out / "tokens"
     info = setup_distributed(cfg.device)

@@ -1,7 +1,9 @@
 """Codecs behind one contract (see :mod:`valle.codec.base`), chosen by name.
 
-``melvq_24khz`` is the offline default (its fitted codebooks ship in the package);
-``encodec_24khz_6kbps`` is the paper's codec (official weights, sha256 checked).
+``contentvq_24khz`` is the offline default, built for VALL-E's AR/NAR split (codebook 1 carries the
+content); ``melvq_24khz`` is the earlier offline codec, kept so checkpoints trained on it still
+decode; ``encodec_24khz_6kbps`` is the paper's codec (official weights, sha256 checked). The fitted
+tables of both offline codecs ship in the package.
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ from pathlib import Path
 
 from valle.codec.base import Codec, CodecCard, CodecError
 
-CODECS = ("melvq_24khz", "encodec_24khz_6kbps")
-DEFAULT_CODEC = "melvq_24khz"
+CODECS = ("contentvq_24khz", "melvq_24khz", "encodec_24khz_6kbps")
+DEFAULT_CODEC = "contentvq_24khz"
 
 
 def load_codec(
@@ -21,13 +23,18 @@ def load_codec(
     device: str = "cpu",
 ) -> Codec:
     """Build a codec by name. ``weights`` overrides the default file; ``sha256`` the expected hash."""
-    if name == "melvq_24khz":
-        from valle.codec.melvq import DEFAULT_ASSET, MelVQCodec
+    if name in ("contentvq_24khz", "melvq_24khz"):
+        if name == "melvq_24khz":
+            from valle.codec.melvq import DEFAULT_ASSET
+            from valle.codec.melvq import MelVQCodec as cls
+        else:
+            from valle.codec.contentvq import DEFAULT_ASSET
+            from valle.codec.contentvq import ContentVQCodec as cls
 
-        codec = MelVQCodec.load(weights or DEFAULT_ASSET)
+        codec = cls.load(weights or DEFAULT_ASSET)
         if sha256 is not None and codec.card.weights_sha256 != sha256:
             raise CodecError(
-                f"melvq codebooks {weights or DEFAULT_ASSET} have sha256 {codec.card.weights_sha256}, "
+                f"{name} tables {weights or DEFAULT_ASSET} have sha256 {codec.card.weights_sha256}, "
                 f"expected {sha256}"
             )
         return codec

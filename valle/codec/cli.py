@@ -14,17 +14,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "codec",
         help="fit the offline codec, round-trip audio through a codec, show a codec card",
-        description="Codec tools. The offline codec (melvq_24khz) keeps EnCodec's shape: 24 kHz, 75 Hz, "
-        "8 codebooks x 1024.",
+        description="Codec tools. The offline codecs (contentvq_24khz, melvq_24khz) keep EnCodec's "
+        "shape: 24 kHz, 75 Hz, 8 codebooks x 1024.",
         epilog="examples:\n"
         "  valle codec fit --manifest data/corpus/manifest.jsonl --out my_codebooks.safetensors\n"
-        "  valle codec roundtrip in.wav out.wav --codec melvq_24khz\n"
+        "  valle codec roundtrip in.wav out.wav --codec contentvq_24khz\n"
         "  valle codec info --codec encodec_24khz_6kbps --weights encodec_24khz-d7cc33bc.th",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="codec_command", required=True)
 
-    fit = sub.add_parser("fit", help="fit melvq codebooks by residual k-means on a manifest's audio")
+    fit = sub.add_parser("fit", help="fit an offline codec's tables by k-means on a manifest's audio")
+    fit.add_argument("--codec", choices=("contentvq_24khz", "melvq_24khz"), default="contentvq_24khz")
     fit.add_argument("--manifest", type=Path, required=True, help="JSONL manifest of training audio")
     fit.add_argument("--out", type=Path, required=True, help="output .safetensors file")
     fit.add_argument("--max-frames", type=int, default=80_000, help="frames sampled for k-means")
@@ -53,28 +54,26 @@ def _codec_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from valle.audio import load_audio
-    from valle.codec.melvq import MelVQCodec, MelVQConfig, fit_melvq
+    from valle.codec.contentvq import ContentVQCodec, fit_contentvq
+    from valle.codec.melvq import MelVQCodec, fit_melvq
     from valle.manifest import read_manifest
 
     if args.out.exists() and not args.force:
         raise FileExistsError(f"{args.out} exists; pass --force to overwrite it")
     utts = [u for u in read_manifest(args.manifest) if u.audio is not None][: args.max_utterances]
-    cfg = MelVQConfig()
-    wavs = (load_audio(u.audio, cfg.sample_rate)[0] for u in utts)
+    fit, cls = (fit_melvq, MelVQCodec) if args.codec == "melvq_24khz" else (fit_contentvq, ContentVQCodec)
+    wavs = (load_audio(u.audio, 24_000)[0] for u in utts)
     t0 = time.time()
-    codec = fit_melvq(
+    codec = fit(
         wavs,
-        cfg,
         max_frames=args.max_frames,
         kmeans_iters=args.iters,
         seed=args.seed,
         augment=not args.no_augment,
     )
     codec.save(args.out)
-    saved = MelVQCodec.load(args.out)
+    saved = cls.load(args.out)
     print(
         json.dumps(
             {
@@ -82,7 +81,6 @@ def run_fit(args: argparse.Namespace) -> int:
                 "utterances": len(utts),
                 "seconds": round(time.time() - t0, 1),
                 "card": saved.card.to_json(),
-                "codebook_norm_mean": float(np.linalg.norm(saved.codebooks.numpy(), axis=-1).mean()),
             },
             indent=2,
         )

@@ -78,6 +78,10 @@ class EncodecCodec(Codec):
         codes = frames[0][0]  # [1, Q, T]
         return codes[0].T.cpu()  # [T, Q]
 
+    def neutral_codes(self) -> torch.Tensor:
+        layers = self.model.quantizer.vq.layers[: self.n_codebooks]
+        return torch.stack([(layer._codebook.embed**2).sum(-1).argmin() for layer in layers]).cpu()
+
     def _decode(self, codes: torch.Tensor) -> torch.Tensor:
         wav = self.model.decode([(codes.T[None].to(self.device), None)])  # [1, 1, T * 320]
         return wav[0, 0, : codes.shape[0] * self.hop_length]

@@ -183,6 +183,9 @@ class MelVQCodec(Codec):
     def _decode(self, codes: torch.Tensor) -> torch.Tensor:
         return self.frontend.synthesise(rvq_decode(codes, self.codebooks))
 
+    def neutral_codes(self) -> torch.Tensor:
+        return (self.codebooks**2).sum(-1).argmin(-1)
+
 
 def kmeans(
     x: torch.Tensor, k: int, iters: int, generator: torch.Generator, chunk: int = 16384
