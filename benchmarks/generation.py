@@ -157,6 +157,11 @@ def main() -> None:
     ap.add_argument("--train-frames", type=int, default=450)
     ap.add_argument("--no-full", action="store_true", help="skip the (slow) full-recompute decoder")
     ap.add_argument("--name", default="generation", help="results file name")
+    ap.add_argument(
+        "--bf16-ratio",
+        action="store_true",
+        help="also time AR decoding and a training step under bf16 autocast in the same run (fp32 / bf16)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -184,6 +189,18 @@ def main() -> None:
         for batch in (1, 32):
             figures |= bench_rtf(model, batch, args.frames, bf16)
             print(figures, flush=True)
+    if args.bf16_ratio and not bf16:
+        from valle.hardware import bf16_autocast_ok
+
+        fast = bench_decoding(model, args.frames, True, full_recompute=False)
+        fast |= bench_training(model, args.train_batch, args.train_frames, True)
+        figures["bf16_autocast_allowed_here"] = bf16_autocast_ok(device)
+        figures["bf16_ar_kv_speedup"] = round(figures["ar_kv_seconds"] / fast["ar_kv_seconds"], 3)
+        figures["bf16_nar_speedup"] = round(figures["nar_7_stages_seconds"] / fast["nar_7_stages_seconds"], 3)
+        figures["bf16_train_step_speedup"] = round(
+            figures["train_step_seconds"] / fast["train_step_seconds"], 3
+        )
+        print({k: v for k, v in figures.items() if k.startswith("bf16")}, flush=True)
     required = figures.get("ar_kv_speedup", 0) >= 10 and figures.get("ar_kv_greedy_identical", False)
     figures["kv_speedup_requirement_met"] = bool(required)
     path = write_result(
