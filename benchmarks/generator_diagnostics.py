@@ -11,7 +11,8 @@ Runs ``valle diagnose`` twice on the same held-out data and writes the flat figu
 
 Held-out data: 5 held-out ARCTIC sentences read by each of the 8 Piper corpus voices (training
 voices, unseen sentences; synthesised here into ``data/heldout_piper``) and every utterance of
-``../shared/data/real_speech``. H(c_j | c_<j) is estimated from the first 400 corpus utterances.
+``../shared/data/real_speech``. H(c_j | c_<j) is estimated from 600 corpus utterances spread over
+all 48 voices.
 
     python benchmarks/generator_diagnostics.py --checkpoint runs/nar_cvq/last
 """
@@ -99,18 +100,36 @@ def main() -> None:
     figures = {}
     for codec, ckpt in (("melvq_24khz", args.old_checkpoint), ("contentvq_24khz", args.checkpoint)):
         report = RESULTS / f"generator_diagnostics.{codec}.json"
-        if not (args.reuse and report.is_file()):
-            cmd = ["diagnose", "--checkpoint", str(ckpt), "--manifest", str(heldout), "--manifest", str(REAL),
-                   "--train-manifest", str(args.train_manifest), "--out", str(report)]  # fmt: skip
-            if valle(cmd) != 0:
-                raise SystemExit(f"valle {' '.join(cmd)} failed")
-        figures.update(flatten(json.loads(report.read_text()), codec.split("_")[0]))
+        entropy = RESULTS / f"generator_diagnostics.{codec}.entropy.json"
+        runs = {
+            # the checkpoint's figures: oracle WER, AR text dependence, NAR per stage
+            report: ["--checkpoint", str(ckpt)],
+            # the codec's own: H(c_j | c_<j) on the same held-out audio (no ASR, no checkpoint)
+            entropy: ["--codec", codec, "--no-asr", "--train-manifest", str(args.train_manifest)],
+        }
+        for out, extra in runs.items():
+            if not (args.reuse and out.is_file()):
+                cmd = [
+                    "diagnose",
+                    *extra,
+                    "--manifest",
+                    str(heldout),
+                    "--manifest",
+                    str(REAL),
+                    "--out",
+                    str(out),
+                ]
+                if valle(cmd) != 0:
+                    raise SystemExit(f"valle {' '.join(cmd)} failed")
+        merged = json.loads(report.read_text())
+        merged["conditional_entropy_nats"] = json.loads(entropy.read_text())["conditional_entropy_nats"]
+        figures.update(flatten(merged, codec.split("_")[0]))
     path = write_result(
         "generator_diagnostics",
         figures,
         data=f"{heldout} (8 Piper corpus voices x {PER_VOICE} held-out sentences) and {REAL} (50 real "
-        "utterances, 16 speakers); Whisper tiny.en (faster-whisper int8); H(c_j|c_<j) from the first 400 "
-        f"utterances of {args.train_manifest}",
+        "utterances, 16 speakers); Whisper tiny.en (faster-whisper int8); H(c_j|c_<j) from 600 utterances "
+        f"spread over {args.train_manifest}",
     )
     print(json.dumps(figures, indent=2))
     print(f"wrote {path}")

@@ -37,8 +37,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--limit", type=int, default=None, help="first N utterances (by id) of each manifest")
     p.add_argument("--train-manifest", type=Path, default=None, help="training audio for H(c_j | c_<j)")
-    p.add_argument("--train-limit", type=int, default=400, help="training utterances for the estimate")
-    p.add_argument("--entropy-steps", type=int, default=600)
+    p.add_argument("--train-limit", type=int, default=600, help="training utterances for the estimate")
+    p.add_argument("--entropy-epochs", type=float, default=2.0, help="classifier passes over the data")
     p.add_argument("--no-asr", action="store_true", help="skip the WER oracle (no Whisper)")
     p.add_argument("--out", type=Path, default=None, help="write the figures here as JSON")
     p.set_defaults(func=run)
@@ -99,10 +99,10 @@ def run(args: argparse.Namespace) -> int:
         report["sets"][name] = figures
     if args.train_manifest is not None:
         say(f"conditional entropy: encoding {args.train_limit} training utterances")
-        train = dg.first_utterances(read_manifest(args.train_manifest), args.train_limit)
+        train = dg.spread_utterances(read_manifest(args.train_manifest), args.train_limit)
         train_codes = [e.codes for e in dg.encode_examples(train, codec, None)]
         report["conditional_entropy_nats"] = dg.conditional_entropy(
-            train_codes, heldout_codes, codec.codebook_size, steps=args.entropy_steps, progress=say
+            train_codes, heldout_codes, codec.codebook_size, epochs=args.entropy_epochs, progress=say
         )
     report["seconds"] = round(time.time() - t0, 1)
     text = json.dumps(report, indent=2)

@@ -31,8 +31,8 @@ def test_conditional_entropy_sees_what_earlier_codebooks_determine():
         c1 = torch.randint(0, 16, (T,), generator=g)
         return torch.stack([c1, (3 * c1 + 1) % 16, torch.randint(0, 16, (T,), generator=g)], 1)
 
-    train, heldout = [utterance(200) for _ in range(20)], [utterance(200) for _ in range(5)]
-    h = conditional_entropy(train, heldout, codebook_size=16, steps=200, batch=512)
+    train, heldout = [utterance(200) for _ in range(40)], [utterance(200) for _ in range(5)]
+    h = conditional_entropy(train, heldout, codebook_size=16, epochs=15, batch=512)
     assert h[2] < 0.3 and h[3] > 0.9 * math.log(16), h
 
 
