@@ -48,6 +48,10 @@ def set_name(manifest: Path) -> str:
     return manifest.parent.name if manifest.name == "manifest.jsonl" else manifest.stem
 
 
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     from evaluation import diagnose as dg
     from valle.checkpoint import load_checkpoint
@@ -66,7 +70,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         codec = load_codec(args.codec or DEFAULT_CODEC, weights=args.codec_weights)
     asr = None if args.no_asr else dg.FasterWhisperASR()
-    say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     window = SamplingOptions().ras_window
     threshold = float(((ckpt.extra.get("ras") or {}) if ckpt else {}).get("threshold", PAPER_RAS_THRESHOLD))
     report: dict = {
