@@ -103,15 +103,16 @@ def codec_oracle(
 ) -> dict[str, float]:
     """WER (%) of each decoding condition over ``examples`` (see the module docstring).
 
-    Keys: ``raw``, ``all``, ``cb1_nar`` (only with ``ckpt``; items without another utterance of
-    their speaker are left out of every condition then), ``cb1_neutral``, ``first_{q}``.
+    Keys: ``raw``, ``all``, ``cb1_nar`` and ``cb1_nar2`` (only with ``ckpt``: NAR-filled codebooks
+    2..8, or only codebook 2 with the rest neutral; items without another utterance of their speaker
+    are left out of every condition then), ``cb1_neutral``, ``first_{q}``.
     """
     neutral = codec.neutral_codes()
     refs: list[str] = []
     hyps: dict[str, list[str]] = {"raw": [], "all": [], "cb1_neutral": []}
     hyps.update({f"first_{q}": [] for q in prefixes})
     if ckpt is not None:
-        hyps["cb1_nar"] = []
+        hyps["cb1_nar"], hyps["cb1_nar2"] = [], []
 
     def heard(codes: torch.Tensor) -> str:
         wav, sr = codec.decode(codes)
@@ -129,7 +130,10 @@ def codec_oracle(
             codes[:, q:] = neutral[q:]
             hyps[key].append(heard(codes))
         if ckpt is not None:
-            hyps["cb1_nar"].append(heard(nar_fill(ckpt, ex, prompt)))
+            filled = nar_fill(ckpt, ex, prompt)
+            hyps["cb1_nar"].append(heard(filled))
+            filled[:, 2:] = neutral[2:]
+            hyps["cb1_nar2"].append(heard(filled))
     if not refs:
         raise ValueError("codec_oracle: no usable example (the NAR fill needs two utterances per speaker)")
     return {k: round(100 * word_error_rate(refs, h).wer, 2) for k, h in hyps.items()} | {"n": len(refs)}
