@@ -7,10 +7,10 @@ ratio r = (1/K) * sum_{i=t-K..t-1} 1[c_i = c_t] over the last K generated tokens
 c_t by a draw from the full distribution (random sampling). Nucleus sampling keeps decoding stable,
 the random fallback breaks the token loops that small top-p values fall into.
 
-The paper's t_r = 0.1 with K = 10 fires whenever c_t already occurs once in the window. That suits
-EnCodec, whose consecutive codebook-1 codes rarely repeat, but the offline codecs repeat the previous
-code on ~50% (``melvq_24khz``) or more (``contentvq_24khz``) of ground-truth frames, where the same
-rule would fight correct output. So t_r is calibrated per codec on ground-truth codes
+The paper's t_r = 0.1 with K = 10 (set for EnCodec) fires whenever c_t already occurs once in the
+window. The offline codecs repeat the previous code on ~45% (``melvq_24khz``) and ~35%
+(``contentvq_24khz``) of ground-truth codebook-1 frames, where that rule fires on 30% / 18% of real
+frames and would fight correct output. So t_r is calibrated per codec on ground-truth codes
 (:func:`calibrate_ras_threshold`: the smallest t_r that fires on at most 2% of real frames); training
 stores it in the checkpoint and generation uses it unless a threshold is given.
 
