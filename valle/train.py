@@ -242,6 +242,7 @@ def backward_step(
     if world_size > 1:
         dist.all_reduce(counts)
     n_ar, n_nar = counts.tolist()
+    parts = getattr(module, "module", module).parts  # the LossModule, DDP-wrapped or not
     sums = torch.zeros(4, device=device)
     for i, (batch, plens) in enumerate(zip(micro_batches, prompt_lens, strict=True)):
         last = i == len(micro_batches) - 1
@@ -262,7 +263,7 @@ def backward_step(
         "ar_acc": ar_correct / n_ar,
         "nar_loss": nar_sum / n_nar,
         "nar_acc": nar_correct / n_nar,
-        "tokens": n_ar * (sums[0] != 0).item() + n_nar * (sums[2] != 0).item(),  # trained parts only
+        "tokens": ("ar" in parts) * n_ar + ("nar" in parts) * n_nar,  # target tokens of the trained parts
     }
 
 

@@ -34,7 +34,6 @@ safetensors file.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -42,10 +41,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
-from valle.codec.base import Codec, CodecCard, CodecError, sha256_file
+from valle.codec.base import Codec, CodecCard, CodecError, read_tables, sha256_file, write_tables
 from valle.codec.melvq import (
     MelFrontend,
     MelVQConfig,
@@ -59,6 +56,7 @@ NAME = "contentvq_24khz"
 FORMAT = "valle-contentvq"
 FORMAT_VERSION = 1
 DEFAULT_ASSET = Path(__file__).parent / "assets" / "contentvq_24khz.safetensors"
+TABLES = ("content_centres", "decoder_centres", "residual_codebooks")  # constructor order
 
 
 @dataclass(frozen=True)
@@ -145,46 +143,16 @@ class ContentVQCodec(Codec):
     def load(cls, path: str | Path = DEFAULT_ASSET) -> ContentVQCodec:
         """Load fitted tables; the file's format tag and version are checked (never unpickled)."""
         path = Path(path)
-        if not path.is_file():
-            raise CodecError(
-                f"{NAME} tables not found: {path}; fit them with `valle codec fit --codec {NAME}` "
-                f"or use the committed default {DEFAULT_ASSET}"
-            )
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as err:  # safetensors raises several types for a corrupt header
-            raise CodecError(f"{path}: not a readable safetensors file ({err})") from err
-        if meta.get("format") != FORMAT or meta.get("version") != str(FORMAT_VERSION):
-            raise CodecError(
-                f"{path}: expected format {FORMAT} v{FORMAT_VERSION}, "
-                f"found {meta.get('format')!r} v{meta.get('version')!r}"
-            )
-        missing = {"content_centres", "decoder_centres", "residual_codebooks"} - set(tensors)
-        if missing:
-            raise CodecError(f"{path}: missing tensors {sorted(missing)}")
-        cfg = ContentVQConfig.from_json(json.loads(meta["config"]))
-        return cls(
-            tensors["content_centres"],
-            tensors["decoder_centres"],
-            tensors["residual_codebooks"],
-            cfg,
-            sha256_file(path),
-        )
+        hint = f"fit them with `valle codec fit --codec {NAME}` or use the committed default {DEFAULT_ASSET}"
+        config, t = read_tables(path, FORMAT, FORMAT_VERSION, TABLES, hint)
+        cfg = ContentVQConfig.from_json(config)
+        return cls(*(t[name] for name in TABLES), cfg, sha256_file(path))
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"format": FORMAT, "version": str(FORMAT_VERSION), "config": json.dumps(self.cfg.to_json())}
-        # float16 halves the committed file; its error (~1e-3 in log-mel) is far below the k-means error
-        tensors = {
-            "content_centres": self.content_centres,
-            "decoder_centres": self.decoder_centres,
-            "residual_codebooks": self.residual_codebooks,
-        }
-        save_file({k: v.half().contiguous() for k, v in tensors.items()}, str(path), metadata=meta)
-        return path
+        tables = dict(
+            zip(TABLES, (self.content_centres, self.decoder_centres, self.residual_codebooks), strict=True)
+        )
+        return write_tables(path, tables, FORMAT, FORMAT_VERSION, self.cfg.to_json())
 
     # --- the transform ----------------------------------------------------------------------
 

@@ -16,7 +16,6 @@ property VALL-E's AR/NAR split relies on.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,10 +24,8 @@ import numpy as np
 import torch
 import torchaudio.functional as AF
 import torchaudio.transforms as T
-from safetensors import safe_open
-from safetensors.torch import save_file
 
-from valle.codec.base import Codec, CodecCard, CodecError, sha256_file
+from valle.codec.base import Codec, CodecCard, CodecError, read_tables, sha256_file, write_tables
 
 FORMAT = "valle-melvq"
 FORMAT_VERSION = 1
@@ -149,33 +146,12 @@ class MelVQCodec(Codec):
     def load(cls, path: str | Path = DEFAULT_ASSET) -> MelVQCodec:
         """Load fitted codebooks; the file's format tag and version are checked (never unpickled)."""
         path = Path(path)
-        if not path.is_file():
-            raise CodecError(
-                f"melvq codebooks not found: {path}; fit them with `valle codec fit` "
-                f"or use the committed default {DEFAULT_ASSET}"
-            )
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                codebooks = f.get_tensor("codebooks")
-        except Exception as err:  # safetensors raises several types for a corrupt header
-            raise CodecError(f"{path}: not a readable safetensors file ({err})") from err
-        if meta.get("format") != FORMAT or meta.get("version") != str(FORMAT_VERSION):
-            raise CodecError(
-                f"{path}: expected format {FORMAT} v{FORMAT_VERSION}, "
-                f"found {meta.get('format')!r} v{meta.get('version')!r}"
-            )
-        cfg = MelVQConfig(**json.loads(meta["config"]))
-        return cls(codebooks, cfg, sha256_file(path))
+        hint = f"fit them with `valle codec fit --codec melvq_24khz` or use the default {DEFAULT_ASSET}"
+        config, tensors = read_tables(path, FORMAT, FORMAT_VERSION, ("codebooks",), hint)
+        return cls(tensors["codebooks"], MelVQConfig(**config), sha256_file(path))
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"format": FORMAT, "version": str(FORMAT_VERSION), "config": json.dumps(asdict(self.cfg))}
-        # float16 halves the committed file; the quantisation error it adds (~1e-3 in log-mel)
-        # is far below the k-means error
-        save_file({"codebooks": self.codebooks.half().contiguous()}, str(path), metadata=meta)
-        return path
+        return write_tables(path, {"codebooks": self.codebooks}, FORMAT, FORMAT_VERSION, asdict(self.cfg))
 
     def _encode(self, wav: torch.Tensor) -> torch.Tensor:
         return rvq_encode(self.frontend.analyse(wav), self.codebooks)
