@@ -2,9 +2,11 @@
 speaker-disjoint split, score files with it, and evaluate it ASVspoof-style per generator and per
 signal degradation.
 
-Score convention (``detection``): a CM score is HIGHER for BONA FIDE speech (log-odds of bona fide);
-``p_spoof = sigmoid(-score)`` is reported for users. A recording is called bona fide when
-``score >= threshold``.
+Score convention (``detection``): a CM score is HIGHER for BONA FIDE speech (log-odds of bona fide).
+A recording is called bona fide when ``score >= threshold``; ``p_spoof`` is Platt-calibrated on the
+same train-split scores as the threshold (``training.calibration.platt``), so the probability and
+the decision come from one piece of evidence (raw GMM log-likelihood ratios are far from calibrated:
+a real clip at score 13.6 read as p_spoof 1.2e-6 while the threshold called it spoof).
 
 ``train``
     Splits the data (``evaluation.detect_data.split``: speaker-disjoint, optionally holding one
@@ -174,8 +176,16 @@ def fit_and_calibrate(
     else:
         eer, thr = in_eer, in_thr
         on = "train split, in-sample scores of the fitted detector (no test data)"
+    cal_scores = scores if fold is not None else in_sample
+    slope, intercept = platt(cal_scores, labels)
     calibration = {
         "eer_threshold": float(thr),
+        # p_spoof = sigmoid(-(slope * score + intercept)), fitted on the same scores as the threshold,
+        # so that a file's probability and its decision come from one piece of evidence
+        "platt": {"slope": slope, "intercept": intercept},
+        # share of the final detector's own bona fide training clips it would call spoof: a threshold
+        # off the final detector's scale (it is set on other fits' scores) shows here first
+        "train_bonafide_rejected": float(np.mean(in_sample[labels == 1] < thr)),
         "on": on,
         "folds": folds,
         "train_eer": float(eer),
@@ -246,6 +256,25 @@ def load_model(path: str | Path) -> tuple[object, dict | None]:
         raise ValueError(f"{split_path}: not valid JSON ({err})") from err
 
 
+def platt(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Platt scaling: (slope, intercept) of a logistic regression of the label (1 = bona fide) on the
+    score (scikit-learn, default L2 strength, so separable training scores still give finite values)."""
+    from sklearn.linear_model import LogisticRegression
+
+    fit = LogisticRegression().fit(np.asarray(scores, dtype=float)[:, None], labels)
+    return float(fit.coef_[0, 0]), float(fit.intercept_[0])
+
+
+def p_spoof_of(detector, scores: np.ndarray) -> np.ndarray:
+    """Probability of spoof for raw scores: Platt-calibrated when the detector stores a calibration
+    (every detector trained by ``valle detect train``), else ``sigmoid(-score)``."""
+    from scipy.special import expit
+
+    cal = (getattr(detector, "training", {}).get("calibration") or {}).get("platt")
+    scores = np.asarray(scores, dtype=float)
+    return expit(-(cal["slope"] * scores + cal["intercept"])) if cal else expit(-scores)
+
+
 def stored_threshold(detector) -> float | None:
     value = getattr(detector, "training", {}).get("eer_threshold")
     return float(value) if isinstance(value, (int, float)) and np.isfinite(value) else None
@@ -284,8 +313,6 @@ def degrade(
 
 def score_conditions(detector, clips: Sequence[Clip], conditions: dict[str, list]) -> pd.DataFrame:
     """One row per clip x condition: id, speaker, generator, label, condition, score, p_spoof."""
-    from scipy.special import expit
-
     frames = []
     for cond, audio in conditions.items():
         scores = np.asarray(detector.score(audio), dtype=np.float64)
@@ -298,7 +325,7 @@ def score_conditions(detector, clips: Sequence[Clip], conditions: dict[str, list
                     "label": _labels(clips),
                     "condition": cond,
                     "score": scores,
-                    "p_spoof": expit(-scores),
+                    "p_spoof": p_spoof_of(detector, scores),
                 }
             )
         )
@@ -391,7 +418,8 @@ def summarize(
 
 
 DEFINITIONS = {
-    "score": "log-odds of bona fide (higher = more bona fide); p_spoof = sigmoid(-score)",
+    "score": "log-odds of bona fide (higher = more bona fide)",
+    "p_spoof": "sigmoid(-(a * score + b)), a and b fitted (Platt) on the scores the threshold was set on",
     "decision": "bona fide when score >= threshold",
     "eer": "equal error rate, ASVspoof rule (detection.metrics.compute_eer)",
     "min_dcf": "normalised minimum DCF, ASVspoof 5 costs (P_spoof 0.05, C_miss 1, C_fa 10)",
@@ -505,6 +533,14 @@ def run_train(args: argparse.Namespace) -> int:
         f"train EER {100 * calibration['train_eer']:.2f}% at threshold {calibration['eer_threshold']:.4f} "
         f"({calibration['on']}; stored as eer_threshold)\nmodel: {args.out}"
     )
+    rejected = calibration["train_bonafide_rejected"]
+    if rejected > 0.5:  # the threshold is off this detector's scale: say so before anyone relies on it
+        print(
+            f"warning: the stored threshold calls {100 * rejected:.0f}% of the detector's own bona fide "
+            "training clips spoof; its decisions will reject real speech (try --calibration-folds 0 "
+            "or more training data)",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -523,9 +559,7 @@ def _audio_files(paths: Sequence[str | Path]) -> list[tuple[Path, str | None]]:
 
 def score_files(detector, paths: Sequence[str | Path]) -> list[dict]:
     """Per file ``{path, score, p_spoof, decision}`` or ``{path, error}``; ``decision`` uses the
-    detector's stored EER threshold (None when it has none)."""
-    from scipy.special import expit
-
+    detector's stored EER threshold (None when it has none), ``p_spoof`` its stored calibration."""
     from valle.audio import load_audio
 
     thr = stored_threshold(detector)
@@ -554,7 +588,8 @@ def score_files(detector, paths: Sequence[str | Path]) -> list[dict]:
         for (i, _), s in zip(loaded, scores, strict=True):
             if s is None:
                 continue
-            entries[i].update(score=float(s), p_spoof=float(expit(-s)))
+            entries[i].update(score=float(s), p_spoof=float(p_spoof_of(detector, s)))
+            # the score's own side of the stored threshold (higher = more bona fide)
             entries[i]["decision"] = None if thr is None else ("bona fide" if s >= thr else "spoof")
     return entries
 

@@ -168,6 +168,13 @@ def _claim_dir(run: Run, config: dict) -> None:
     _write_json(path, config)
 
 
+def records(df: pd.DataFrame) -> list[dict]:
+    """Rows of a table as dicts, with missing cells as None. A chunk that mixes rows with and without
+    a column (an unusable item beside good ones) comes back from parquet with NaN in those cells, and
+    NaN is neither None nor a value: ``len(nan)`` fails, ``nan is not None`` passes."""
+    return df.astype(object).where(df.notna(), None).to_dict("records")
+
+
 def score(
     out: str | Path,
     testset: TestSet,
@@ -247,7 +254,7 @@ def score(
                 raise FileNotFoundError(
                     f"{gen_path}: chunk {k} has not been generated; run the generate stage first"
                 )
-            gen_rows = pd.read_parquet(gen_path).to_dict("records")
+            gen_rows = records(pd.read_parquet(gen_path))
             rows, refs = scorers.score_chunk(gen_rows, run.items, out / "prompts")
             write_parquet(pd.DataFrame(refs), run.part("references", k))
             write_parquet(pd.DataFrame(rows), run.part("scores", k))  # last: marks the chunk done

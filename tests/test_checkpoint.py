@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import pickle
+import struct
 
 import pytest
 import torch
@@ -55,6 +57,44 @@ def test_tampered_weights_are_refused(saved):
     (path / "model.safetensors").write_bytes(bytes(raw))
     with pytest.raises(CheckpointError, match="does not match"):
         load_checkpoint(path)
+
+
+def _replace_weights(path, data: bytes) -> None:
+    """Swap model.safetensors for ``data`` and record its sha256, as a forger with write access would."""
+    import hashlib
+
+    (path / "model.safetensors").write_bytes(data)
+    meta = json.loads((path / "config.json").read_text())
+    meta["weights_sha256"] = hashlib.sha256(data).hexdigest()
+    (path / "config.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(pickle.dumps({"weight": [1.0, 2.0]}), id="pickle-renamed"),
+        pytest.param(struct.pack("<Q", 2**62) + b"{}", id="absurd-header-length"),
+        pytest.param(struct.pack("<Q", 20) + b'{"a": {"dtype": "F32"', id="broken-header"),
+    ],
+)
+def test_unreadable_weights_are_one_clear_error(saved, data):
+    path, _ = saved
+    _replace_weights(path, data)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: not a readable safetensors file"):
+        load_checkpoint(path)
+
+
+def test_pickled_optimizer_state_is_refused_without_suggesting_unpickling(saved):
+    path, _ = saved
+
+    class Payload:  # anything beyond tensors and numbers: weights_only refuses to build it
+        def __reduce__(self):
+            return (print, ("unpickled!",))
+
+    torch.save({"state": Payload()}, path / "optimizer.pt")
+    with pytest.raises(CheckpointError, match=r"optimizer\.pt: not an optimizer state") as err:
+        load_optimizer_state(path)
+    assert "weights_only" not in str(err.value) and err.value.__cause__ is None
 
 
 @pytest.mark.parametrize(

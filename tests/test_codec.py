@@ -168,6 +168,22 @@ def test_codec_cli_roundtrip_and_info(tmp_path, capsys):
     assert "file not found" in capsys.readouterr().err
 
 
+def test_codec_cli_roundtrip_output_is_watermarked(tmp_path):
+    """A waveform decoded from codes is codec-made audio: the CLI marks it like every generated file."""
+    from evaluation.cli import main
+    from valle.audio import save_audio
+    from valle.corpus.espeak import EspeakSynth
+    from watermark import load_watermarker
+
+    with EspeakSynth() as synth:
+        wav, sr = synth.synthesize("The codec writes marked audio only.", voice="en-us+m3")
+    src = save_audio(tmp_path / "speech.wav", wav, sr)
+    perth = load_watermarker("perth")
+    assert not perth.detect(*load_audio(src)).detected
+    assert main(["codec", "roundtrip", str(src), str(tmp_path / "out.wav")]) == 0
+    assert perth.detect(*load_audio(tmp_path / "out.wav")).detected
+
+
 @pytest.mark.parametrize("n_frames", [1, 2, 4])
 def test_melvq_decodes_very_short_code_sequences(melvq, n_frames):
     # a generator may stop after a frame or two; decoding must still give T * hop samples

@@ -270,10 +270,16 @@ def test_score_files_and_unreadable(model, data, tmp_path, capsys):
     assert rc == 1
     assert [Path(e["path"]).name for e in entries] == ["real_spk-a_0.wav", "lowpass_spk-a_0.wav",
                                                        "broken.wav", "nope.wav", "empty"]  # fmt: skip
+    platt = json.loads((model / "detector.json").read_text())["training"]["calibration"]["platt"]
+    thr = json.loads((model / "detector.json").read_text())["training"]["eer_threshold"]
     for e in entries[:2]:
-        assert 0.0 <= e["p_spoof"] <= 1.0 and np.isclose(e["p_spoof"], 1 / (1 + np.exp(e["score"])))
-        assert e["decision"] in ("bona fide", "spoof") and "error" not in e
+        llr = platt["slope"] * e["score"] + platt["intercept"]
+        assert 0.0 <= e["p_spoof"] <= 1.0 and np.isclose(e["p_spoof"], 1 / (1 + np.exp(llr)))
+        assert e["decision"] == ("bona fide" if e["score"] >= thr else "spoof") and "error" not in e
     assert entries[0]["score"] > entries[1]["score"]  # lowpass was seen in training
+    # a real and a spoof clip land on their own sides, and the probability agrees with the decision
+    assert entries[0]["decision"] == "bona fide" and entries[0]["p_spoof"] < 0.5
+    assert entries[1]["decision"] == "spoof" and entries[1]["p_spoof"] > 0.5
     assert "unreadable" in entries[2]["error"] and "file not found" in entries[3]["error"]
     assert "no audio files" in entries[4]["error"]
     # a folder is expanded to its audio files; all readable -> exit 0

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +16,7 @@ import pytest
 import torch
 
 from evaluation.generators import CommandGenerator, GenRequest, load_generator
-from evaluation.run import RunOptions, score
+from evaluation.run import RunOptions, records, score
 from evaluation.scoring import Scorers
 from evaluation.summary import compare_runs, merge
 from evaluation.testset import TestSet, TestSetOptions, build_test_set, cut_prompt
@@ -152,6 +153,32 @@ def test_stages_run_separately_in_one_directory(setup, scorers, sharded_run, tmp
     # same values; an all-empty text column of a 2-row table is stored with a looser dtype
     a, b = (t[sorted(t.columns)].astype(object) for t in (a, b))
     pd.testing.assert_frame_equal(a.where(a.notna(), None), b.where(b.notna(), None))
+
+
+def test_folder_chunk_mixing_an_invalid_item_with_good_ones_scores(espeak_corpus, scorers, tmp_path):
+    """A speaker with one utterance makes an invalid item (no cross-sentence prompt); in a chunk with
+    good items its generation row lacks columns, which parquet returns as NaN (it once crashed here)."""
+    utts = read_manifest(espeak_corpus / "manifest.jsonl")
+    lone = replace(utts[0], id="lone_0", speaker="lone")
+    ts = build_test_set([lone, *utts[3:6]], TestSetOptions(min_seconds=1.0))
+    assert [it.problem is not None for it in ts.items].count(True) == 1
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    for it in ts.items:
+        shutil.copy(it.target_audio, outputs / f"{it.id}.wav")
+    options = RunOptions(generator=f"folder:{outputs}", chunk_size=4)
+    score(tmp_path / "run", ts, options, progress=False, scorers=scorers)
+    rows = pd.read_parquet(tmp_path / "run" / "tables" / "scores.parquet").set_index("id")
+    assert rows.loc["lone_0", "status"] == "invalid_item"
+    assert (rows.drop(index="lone_0")["status"] == "ok").all()
+    assert rows.drop(index="lone_0")["flag_max_length"].isna().all()  # a folder reports no stop reason
+    assert len(rows) == 4
+
+
+def test_records_turn_missing_cells_into_none(tmp_path):
+    pd.DataFrame([{"a": [1, 2], "b": "x"}, {"b": "y"}]).to_parquet(tmp_path / "t.parquet")
+    first, second = records(pd.read_parquet(tmp_path / "t.parquet"))
+    assert list(first["a"]) == [1, 2] and second == {"a": None, "b": "y"}
 
 
 def test_command_generator_passes_values_as_arguments_and_records_failures(setup, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.conftest import tone
-from valle.audio import AudioError, save_audio
+from valle.audio import AudioError, load_audio, save_audio
 from valle.checkpoint import save_checkpoint
 from valle.codec import load_codec
 from valle.generate import GenerationOptions
@@ -18,6 +18,7 @@ from valle.model import VALLE, make_config
 from valle.phonemes import SymbolTable
 from valle.synthesize import Generator
 from watermark import load_watermarker
+from watermark.base import Detection, WatermarkError
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +66,39 @@ def test_bad_requests_get_clear_errors(generator, prompt_wav, tmp_path):
         generator.synthesize(["word " * 400], prompt_wav, "A tone.")
     with pytest.raises(ValueError, match="no texts"):
         generator.synthesize([], prompt_wav, "A tone.")
-    with pytest.raises(TypeError, match="Watermarker"):
+    with pytest.raises(WatermarkError, match="not a registered watermark backend"):
         Generator(generator.ckpt, watermarker=object())
+
+
+class DoNothingPerth:
+    """Has Perth's name and methods and claims every file is marked: never embeds anything."""
+
+    name, payload_bits, threshold = "perth", 0, 0.5
+
+    def card(self):
+        return {"name": "perth", "weights_sha256": "0" * 64, "threshold": 0.5}
+
+    def embed(self, wav, sr, payload=None):
+        return wav
+
+    def detect(self, wav, sr):
+        return Detection(score=1.0, detected=True)
+
+
+def test_only_registered_backends_mark_and_their_own_detector_reads_back(generator, prompt_wav, tmp_path):
+    with pytest.raises(WatermarkError, match="DoNothingPerth is not a registered watermark backend"):
+        Generator(generator.ckpt, DoNothingPerth())
+    subclass = type("LazyPerth", (type(generator.watermarker),), {"embed": DoNothingPerth.embed})
+    with pytest.raises(WatermarkError, match="LazyPerth is not a registered"):
+        Generator(generator.ckpt, subclass.__new__(subclass))
+    # an instance whose methods were swapped: the class's own embed and detect still run
+    patched = Generator(generator.ckpt, load_watermarker("perth"))
+    patched.watermarker.embed = DoNothingPerth.embed.__get__(patched.watermarker)
+    patched.watermarker.detect = DoNothingPerth.detect.__get__(patched.watermarker)
+    (rec,) = patched.synthesize(["Hello there."], prompt_wav, "A tone.", GenerationOptions(max_seconds=1.0))
+    patched.save([rec], tmp_path)
+    fresh = load_watermarker("perth").detect(*load_audio(tmp_path / f"{rec.id}.wav"))
+    assert fresh.detected and rec.verification == {"detected": True, "score": round(fresh.score, 4)}
 
 
 def test_symbols_missing_from_the_checkpoint_table_are_named(tmp_path, prompt_wav):

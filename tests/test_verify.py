@@ -6,6 +6,7 @@ import argparse
 import json
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -152,11 +153,46 @@ def test_ledger_alone_vouches_for_an_exact_file_and_reports_damage(run_dir, pert
     assert v["verdict"] == "marked_unverified" and not v["manifest_found"]
     v = verify_file(wav, public_key=run_dir["pub"], ledger=run_dir["ledger"].path, watermarker=perth)
     assert v["verdict"] == "authentic" and v["manifest_source"].endswith("ledger.jsonl line 2")
-    damaged = tmp_path / "ledger.jsonl"
-    damaged.write_bytes(run_dir["ledger"].path.read_bytes()[:-25])
-    v = verify_file(wav, public_key=run_dir["pub"], ledger=damaged, watermarker=perth)
-    assert v["ledger_problems"][0].startswith("line 2: truncated last line")
-    assert v["verdict"] == "marked_unverified" and any("ledger" in r and "damaged" in r for r in v["reasons"])
+
+
+def damaged_ledgers(run_dir: dict, tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """The ledgers an attacker or an accident leaves, made from the run's (plus a third entry, so that
+    deleting the middle one leaves a gap): {name: (path, the problem ``check`` must name)}."""
+    import pickle
+
+    three = tmp_path / "three.jsonl"
+    three.write_bytes(run_dir["ledger"].path.read_bytes())
+    Ledger(three).append(json.loads((run_dir["out"] / "utt-a.json").read_text()))
+    lines = three.read_bytes().splitlines(keepends=True)
+    made = {
+        "pickle": (pickle.dumps({"seq": 1, "manifest": {}}), "line 1: not valid JSON"),
+        "truncated": (b"".join(lines)[:-25], f"line {len(lines)}: truncated last line"),
+        "middle_deleted": (lines[0] + b"".join(lines[2:]), "line 2: seq 3 follows seq 1"),
+    }
+    out = {}
+    for name, (data, problem) in made.items():
+        (tmp_path / f"{name}.jsonl").write_bytes(data)
+        out[name] = (tmp_path / f"{name}.jsonl", problem)
+    return out
+
+
+def test_damaged_ledger_decides_the_verdict(run_dir, perth, tmp_path):
+    """An auditor passing a ledger asks 'is this file in this intact ledger': damage is never authentic."""
+    wav = run_dir["out"] / "utt-a.wav"  # sidecar beside it: authentic without a ledger
+    for name, (path, problem) in damaged_ledgers(run_dir, tmp_path).items():
+        v = verify_file(wav, public_key=run_dir["pub"], ledger=path, watermarker=perth)
+        assert v["verdict"] == "ledger_invalid", name
+        assert any(p.startswith(problem) for p in v["ledger_problems"]), (name, v["ledger_problems"])
+
+
+def test_file_missing_from_an_intact_ledger_is_not_authentic(run_dir, perth, tmp_path):
+    only_b = tmp_path / "only_b.jsonl"
+    Ledger(only_b).append(json.loads((run_dir["out"] / "utt-b.json").read_text()))
+    v = verify_file(run_dir["out"] / "utt-a.wav", public_key=run_dir["pub"], ledger=only_b, watermarker=perth)
+    assert v["signature_valid"] and v["hash_match"] and v["in_ledger"] is False
+    assert v["verdict"] == "not_in_ledger"
+    v = verify_file(run_dir["out"] / "utt-b.wav", public_key=run_dir["pub"], ledger=only_b, watermarker=perth)
+    assert v["verdict"] == "authentic" and v["in_ledger"] is True
 
 
 def test_unmarked_silent_and_unreadable_files(run_dir, perth, tmp_path):
@@ -282,6 +318,10 @@ def test_cli_verify_exit_codes_and_json(run_dir, tmp_path, capsys):
         (["verify", str(tmp_path / "empty"), "--public-key", pub], "no audio files"),
         (["verify", out, "--public-key", key_file], "not a PEM public key"),
         (["verify", out, "--public-key", pub, "--ledger", str(tmp_path / "l.jsonl")], "l.jsonl not found"),
+        *(
+            (["verify", out, "--public-key", pub, "--ledger", str(path)], f"{path} is damaged")
+            for path, _ in damaged_ledgers(run_dir, tmp_path).values()
+        ),
     ]:
         assert valle(bad) == 2, bad
         assert message in capsys.readouterr().err

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from valle.codec.base import CodecCard, sha256_file
@@ -156,7 +157,10 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
     if (codec.n_codebooks, codec.codebook_size) != (cfg.n_codebooks, cfg.codebook_size):
         raise CheckpointError(f"{directory / CONFIG}: codec card {codec} does not match the model config")
     model = VALLE(cfg)
-    state = load_file(str(weights))
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as err:  # a pickle renamed, an absurd header, ...
+        raise CheckpointError(f"{weights}: not a readable safetensors file ({err})") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not _is_tied_head(k, cfg)]
     if missing or unexpected:
@@ -177,7 +181,16 @@ def load_optimizer_state(directory: str | Path) -> dict | None:
     path = Path(directory) / OPTIMIZER
     if not path.is_file():
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # any failure: torch's own message suggests weights_only=False
+        raise CheckpointError(
+            f"{path}: not an optimizer state of tensors and numbers ({type(err).__name__}), so it was not "
+            "loaded; training cannot resume from this checkpoint (restore the file or start a new run)"
+        ) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: optimizer state is a {type(state).__name__}, not a dict")
+    return state
 
 
 def export_checkpoint(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.float16) -> Path:

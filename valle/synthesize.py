@@ -28,6 +28,7 @@ from valle.generate import (
 )
 from valle.phonemes import Phonemizer, text_to_ids
 from valle.sampling import SamplingOptions, calibrated
+from watermark import check_registered
 from watermark.base import Watermarker, WatermarkError
 from watermark.keys import WatermarkKey
 from watermark.provenance import Ledger, build_manifest, payload_from_str, payload_to_str, sign_manifest
@@ -45,7 +46,10 @@ class GenerationRecord:
     text: str
     audio: np.ndarray  # [N] float32, watermarked
     sample_rate: int
-    codes: torch.Tensor  # [T, 8]
+    # [T, 8] codec tokens, for code-level analysis (loops, repetition). Codes are not audio: the
+    # watermark promise covers ``audio`` and every file this package writes, not a waveform someone
+    # decodes from these codes with the codec themselves (`valle codec roundtrip` marks its output).
+    codes: torch.Tensor
     stop_reason: str  # "eos" | "max_length"
     seed: int
     mode: str
@@ -90,8 +94,7 @@ class Generator:
     ) -> None:
         """``key`` derives each output's payload (needed by backends that carry one); ``signer``
         signs a provenance manifest per saved file and appends it to the folder's ledger."""
-        if not isinstance(watermarker, Watermarker):
-            raise TypeError(f"watermarker must implement watermark.base.Watermarker, got {type(watermarker)}")
+        check_registered(watermarker)  # only registered backends: their own embed and detect run
         if watermarker.payload_bits and key is None:
             raise WatermarkError(
                 f"{watermarker.name} carries a {watermarker.payload_bits}-bit payload, which is derived from "
@@ -231,7 +234,8 @@ class Generator:
                 marked = np.zeros_like(wav)
                 mark.update(applied=False, reason="silent output: nothing to mark")
             else:
-                marked = self.watermarker.embed(wav, sr, payload=payload)
+                # the class's method, not the instance's attribute: a patched instance cannot skip it
+                marked = type(self.watermarker).embed(self.watermarker, wav, sr, payload=payload)
             records.append(
                 GenerationRecord(
                     id=r.id,
@@ -266,7 +270,7 @@ class Generator:
             path = save_audio(out_dir / f"{rec.id}.wav", rec.audio, rec.sample_rate)
             back, sr = load_audio(path, allow_silent=True)
             if rec.watermark["applied"]:
-                det = self.watermarker.detect(back, sr)
+                det = type(self.watermarker).detect(self.watermarker, back, sr)  # the backend's own
                 ok = bool(det.detected)
                 rec.verification = {"detected": ok, "score": round(det.score, 4)}
                 if rec.watermark["payload"] is not None:

@@ -19,18 +19,39 @@ WATERMARKERS = ("perth", "audioseal")
 DEFAULT_WATERMARKER = "perth"
 
 
+def backend_class(name: str) -> type:
+    """The class that implements backend ``name`` (imported on first use)."""
+    if name == "perth":
+        from watermark.perth_backend import PerthWatermarker
+
+        return PerthWatermarker
+    if name == "audioseal":
+        from watermark.audioseal_backend import AudioSealWatermarker
+
+        return AudioSealWatermarker
+    raise WatermarkError(f"unknown watermark backend {name!r}; choose one of {', '.join(WATERMARKERS)}")
+
+
+def check_registered(watermarker: object) -> Watermarker:
+    """``watermarker`` itself if it is an instance of a registered backend's own class, else
+    :class:`WatermarkError`. An object that merely has the right method names (or a subclass that
+    overrides them) could claim a mark it never embedded, so generation accepts only these."""
+    name = getattr(watermarker, "name", None)
+    if name not in WATERMARKERS or type(watermarker) is not backend_class(name):
+        raise WatermarkError(
+            f"{type(watermarker).__module__}.{type(watermarker).__qualname__} is not a registered watermark "
+            f"backend; use watermark.load_watermarker({'|'.join(WATERMARKERS)})"
+        )
+    return watermarker
+
+
 def load_watermarker(name: str = DEFAULT_WATERMARKER, device: str = "cpu", **kwargs) -> Watermarker:
     """Build a watermark backend by name (each loaded once per process by the caller).
 
     ``kwargs`` go to the backend's constructor (see the module docstring); an unknown one raises
     :class:`WatermarkError` naming it.
     """
-    if name == "perth":
-        from watermark.perth_backend import PerthWatermarker as backend
-    elif name == "audioseal":
-        from watermark.audioseal_backend import AudioSealWatermarker as backend
-    else:
-        raise WatermarkError(f"unknown watermark backend {name!r}; choose one of {', '.join(WATERMARKERS)}")
+    backend = backend_class(name)
     options = [p for p in inspect.signature(backend).parameters if p != "device"]
     unknown = sorted(set(kwargs) - set(options))
     if unknown:  # a misspelt option should name itself, not surface as a TypeError
@@ -46,5 +67,7 @@ __all__ = [
     "Detection",
     "WatermarkError",
     "Watermarker",
+    "backend_class",
+    "check_registered",
     "load_watermarker",
 ]

@@ -354,7 +354,7 @@ class Ledger:
             digest = hashlib.sha256(raw).hexdigest()
             record = _parse_record(raw)
             if isinstance(record, str):
-                if last and truncated:
+                if last and truncated and raw.startswith(b"{"):  # a record cut short, not foreign bytes
                     problems.append(
                         f"line {i}: truncated last line ({len(raw)} bytes, no newline): an interrupted write"
                     )

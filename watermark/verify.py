@@ -14,8 +14,12 @@ ledger and the watermark keys):
 
 Verdicts: ``authentic`` (valid signature + exact hash + mark detected), ``altered_copy`` (mark detected
 and tied by payload to a signed manifest or ledger entry, but the bytes differ), ``marked_unverified``
-(mark detected, no valid manifest for these bytes), ``tampered_manifest`` (the manifest's signature
-is invalid), ``not_marked``, ``unreadable``. ``reasons`` says why, in sentences.
+(mark detected, no valid manifest for these bytes), ``not_in_ledger`` (a ledger was given, it is intact,
+and this file's signed manifest is not in it), ``ledger_invalid`` (a ledger was given and it is damaged:
+unparseable, truncated, a line deleted or edited, a bad signature; nothing can be "in" it),
+``tampered_manifest`` (the manifest's signature is invalid), ``not_marked``, ``unreadable``.
+``reasons`` says why, in sentences. An auditor who passes a ledger asks "is this file in this intact
+ledger", so a damaged ledger decides the verdict instead of being a footnote in the reasons.
 
 A presence-only backend (Perth) cannot tie a changed copy to one generation: such a copy is
 ``marked_unverified`` with a reason saying so. Audio is read with soundfile (mono mixdown, float32);
@@ -49,7 +53,16 @@ from watermark.provenance import (
     payload_to_str,
 )
 
-VERDICTS = ("authentic", "altered_copy", "marked_unverified", "tampered_manifest", "not_marked", "unreadable")
+VERDICTS = (
+    "authentic",
+    "altered_copy",
+    "marked_unverified",
+    "not_in_ledger",
+    "ledger_invalid",
+    "tampered_manifest",
+    "not_marked",
+    "unreadable",
+)
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".opus", ".aiff", ".aif")
 SILENCE_PEAK = 1e-4  # below this peak there is nothing a watermark could survive in
 UNKNOWN_KEY_ID = "unknown_key_id"
@@ -150,6 +163,8 @@ def decide_verdict(v: dict) -> tuple[str, str]:
     mark = v.get("watermark") or {}
     if v.get("unreadable"):
         return "unreadable", "the audio cannot be read"
+    if v.get("ledger_problems"):
+        return "ledger_invalid", "the given ledger is damaged, so no file can be shown to be in it"
     if v.get("signature_valid") is False:
         return (
             "tampered_manifest",
@@ -161,6 +176,8 @@ def decide_verdict(v: dict) -> tuple[str, str]:
     if v.get("signature_valid") and v.get("hash_match"):
         if v.get("payload_matches_manifest") is False or key_bad:
             return "marked_unverified", "the file matches a signed manifest but its payload does not"
+        if v.get("in_ledger") is False:
+            return "not_in_ledger", "signed and marked, but its manifest is not in the given ledger"
         return "authentic", "signed manifest, exact file hash and watermark all check out"
     ledger = [m for m in v.get("ledger_matches") or [] if m.get("signature_valid", True)]
     if not key_bad and (
@@ -206,10 +223,13 @@ def verify_file(
         reasons.append(note)
     book = Ledger(ledger) if isinstance(ledger, str | Path) else ledger
     if book is not None:
-        v["ledger_problems"] = book.check()
+        try:  # signatures too: the hash chain alone cannot see an edited last line
+            v["ledger_problems"] = book.check(public_key)
+        except OSError as err:
+            v["ledger_problems"] = [f"cannot be read: {err}"]
         if v["ledger_problems"]:
             reasons.append(f"ledger {book.path} is damaged: {'; '.join(v['ledger_problems'])}")
-        if man is None:  # the ledger holds signed manifests too: look this exact file up there
+        if man is None and not v["ledger_problems"]:  # the ledger holds signed manifests too
             hits = book.find_by_sha256(sha)
             if hits:
                 man, source = hits[-1].manifest, f"{book.path} line {hits[-1].line}"
@@ -227,7 +247,7 @@ def verify_file(
                 + (f" ({described})" if described and described != path.name else "")
                 + " or this one was changed (re-encoded, trimmed, edited) after signing"
             )
-        if book is not None and man.get("signature"):
+        if book is not None and not v["ledger_problems"] and man.get("signature"):
             v["in_ledger"] = any(e.manifest.get("signature") == man["signature"] for e in book.entries())
             if not v["in_ledger"]:
                 reasons.append("the manifest is not in the given ledger")
@@ -272,7 +292,7 @@ def verify_file(
     v["payload_matches_key"], why = key_check(man, keyring, decoded)
     if why:
         reasons.append(why)
-    if book is not None and not v["hash_match"]:
+    if book is not None and not v["ledger_problems"] and not v["hash_match"]:
         v["ledger_matches"] = ledger_matches_for_payload(book.entries(), decoded, public_key)
         if decoded is None:
             reasons.append(
@@ -316,8 +336,9 @@ def add_parser(subparsers) -> None:
         "verify",
         help="audit audio files: signed manifest, exact hash, watermark, keyed payload, ledger",
         description="Verify generated audio with the operator's public key. Per file: verdict authentic, "
-        "altered_copy,\nmarked_unverified, tampered_manifest, not_marked or unreadable, with reasons.\n"
-        "Exit status: 0 all authentic, 1 some file not authentic, 2 bad input.",
+        "altered_copy,\nmarked_unverified, not_in_ledger, tampered_manifest, not_marked or unreadable, with "
+        "reasons.\nExit status: 0 all authentic, 1 some file not authentic, 2 bad input (a damaged --ledger "
+        "included).",
         epilog="examples:\n  valle verify runs/synth --public-key keys/lab.public.pem \\\n"
         "      --ledger runs/synth/ledger.jsonl\n"
         "  valle verify suspect.mp3 --public-key lab.public.pem --ledger ledger.jsonl --json",
@@ -396,6 +417,13 @@ def run(args) -> int:
         raise FileNotFoundError(f"ledger {args.ledger} not found")
     keyring = KeyRing.load(args.key_file) if args.key_file else None
     ledger = Ledger(args.ledger) if args.ledger is not None else None
+    if ledger is not None:
+        problems = ledger.check(public_key)
+        if problems:  # every verdict would be ledger_invalid: say so once, as bad input
+            shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+            raise ValueError(
+                f"ledger {args.ledger} is damaged, so no file can be verified against it: {shown}"
+            )
     loaded: dict[str, Watermarker] = {}
     verdicts = []
     for f in files:
