@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from evaluation.run import exclusive
 from evaluation.testset import TestSet
 
 STAGES = ("generate", "verify", "score", "detect", "asv", "watermark", "report")
@@ -203,14 +204,27 @@ def run_audit(
 ) -> Audit:
     """Run (or resume) the audit in ``out``; returns its state. See the module docstring.
 
-    A stage already ``done`` in an earlier call is not redone unless named in ``only``.
+    A stage already ``done`` in an earlier call is not redone unless named in ``only``. A second
+    process on the same ``out`` is refused (:func:`evaluation.run.exclusive`).
     """
-    from evaluation import audit_stages
     from evaluation.profiles import check_profile
 
     plan = stage_plan(only, skip)
     resolved = check_profile(options.profile, dict(options.model_paths), generator=options.generator)
-    audit = Audit.open(out, options, testset)
+    with exclusive(Path(out), "audit"):  # one audit per directory; a killed one's lock dies with it
+        return _run_stages(Audit.open(out, options, testset), resolved, plan, only, progress, log)
+
+
+def _run_stages(
+    audit: Audit,
+    resolved: object,
+    plan: tuple[str, ...],
+    only: tuple[str, ...],
+    progress: bool,
+    log: Callable[[str], None],
+) -> Audit:
+    from evaluation import audit_stages
+
     audit.cache["profile"] = resolved
     audit.profile_check = resolved.to_json()
     for name in STAGES:

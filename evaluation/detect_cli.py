@@ -557,6 +557,9 @@ def _audio_files(paths: Sequence[str | Path]) -> list[tuple[Path, str | None]]:
     return files
 
 
+MIN_SCORE_SECONDS = 0.25  # shorter clips hold too few feature frames for any detector here
+
+
 def score_files(detector, paths: Sequence[str | Path]) -> list[dict]:
     """Per file ``{path, score, p_spoof, decision}`` or ``{path, error}``; ``decision`` uses the
     detector's stored EER threshold (None when it has none), ``p_spoof`` its stored calibration."""
@@ -571,9 +574,17 @@ def score_files(detector, paths: Sequence[str | Path]) -> list[dict]:
             entries[-1]["error"] = problem
             continue
         try:
-            loaded.append((len(entries) - 1, load_audio(f)))
+            wav, sr = load_audio(f)
         except ValueError as err:
             entries[-1]["error"] = str(err)
+            continue
+        if len(wav) < MIN_SCORE_SECONDS * sr:  # a few samples carry no evidence either way
+            entries[-1]["error"] = (
+                f"{f}: {len(wav)} samples ({len(wav) / sr:.3f} s) is too short to score "
+                f"(at least {MIN_SCORE_SECONDS:g} s)"
+            )
+            continue
+        loaded.append((len(entries) - 1, (wav, sr)))
     if loaded:
         try:
             scores = list(detector.score([a for _, a in loaded]))

@@ -24,12 +24,15 @@ the same directory with a different fingerprint is refused instead of mixing two
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import platform
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -168,6 +171,40 @@ def _claim_dir(run: Run, config: dict) -> None:
     _write_json(path, config)
 
 
+class RunLockedError(ValueError):
+    """Another live process is writing the same run directory."""
+
+
+@contextlib.contextmanager
+def exclusive(directory: Path, role: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``directory`` for ``role`` (``fcntl.flock`` on ``.<role>.lock``).
+
+    A second writer is refused at once with :class:`RunLockedError`: two processes on one run directory
+    would redo every chunk and write every ledger entry twice. The kernel drops the lock when its
+    process dies, so a run killed with SIGKILL resumes without any clean-up.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f".{role}.lock"
+    f = open(path, "a+")  # held open (and locked) for the whole run
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise RunLockedError(
+            f"{directory} is in use by {holder} ({path.name}); wait for it to finish or use another --out"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {platform.node()}")
+    f.flush()
+    try:
+        yield
+    finally:
+        f.close()  # closing releases the lock
+
+
 def records(df: pd.DataFrame) -> list[dict]:
     """Rows of a table as dicts, with missing cells as None. A chunk that mixes rows with and without
     a column (an unusable item beside good ones) comes back from parquet with NaN in those cells, and
@@ -185,13 +222,27 @@ def score(
 ) -> Run:
     """Run (or resume) this rank's share of ``stages``; merges when it is the only rank.
 
-    ``scorers``: models already loaded by the caller (they must match ``options.scoring``).
+    ``scorers``: models already loaded by the caller (they must match ``options.scoring``). One process
+    per rank and directory: a second one is refused (:func:`exclusive`).
     """
     for s in stages:
         if s not in STAGES:
             raise ValueError(f"unknown stage {s!r}; stages are {STAGES}")
     rank, world = rank_world()
-    out = Path(out)
+    with exclusive(Path(out), f"score.rank{rank}-of-{world}"):
+        return _score(Path(out), testset, options, stages, progress, scorers, rank, world)
+
+
+def _score(
+    out: Path,
+    testset: TestSet,
+    options: RunOptions,
+    stages: tuple[str, ...],
+    progress: bool,
+    scorers: Scorers | None,
+    rank: int,
+    world: int,
+) -> Run:
     out.mkdir(parents=True, exist_ok=True)
     ts_path = out / "testset.jsonl"
     if not ts_path.is_file():

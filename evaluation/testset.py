@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import unicodedata
+import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -66,7 +66,7 @@ class TestItem:
     text: str
     speaker: str
     mode: str
-    target_audio: str | None  # ground truth recording (absolute path), None when there is none
+    target_audio: str | None  # ground truth recording (absolute in memory; relative in the file), or None
     target_seconds: float | None
     prompt_audio: str | None  # the file the prompt is cut from
     prompt_text: str | None
@@ -77,6 +77,9 @@ class TestItem:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+PATH_FIELDS = ("target_audio", "prompt_audio")
 
 
 @dataclass
@@ -90,7 +93,8 @@ class TestSet:
         return {it.id: it.problem for it in self.items if it.problem}
 
     def save(self, path: str | Path) -> Path:
-        """One JSON object per line; the first line is a header with the build's summary."""
+        """One JSON object per line; the first line is a header with the build's summary. Audio paths
+        are written relative to the file's folder, so a run directory carries no machine paths."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.partial")
@@ -98,7 +102,11 @@ class TestSet:
             header = {"testset": 1, "source": self.source, "excluded": self.excluded}
             f.write(json.dumps(header) + "\n")
             for it in self.items:
-                f.write(json.dumps(it.to_json(), ensure_ascii=False) + "\n")
+                row = it.to_json()
+                for key in PATH_FIELDS:  # relative to this file: no machine path, and the run can move
+                    if row[key] is not None:
+                        row[key] = os.path.relpath(row[key], path.parent.absolute())
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
         tmp.replace(path)
         return path
 
@@ -117,8 +125,12 @@ class TestSet:
         items, seen = [], set()
         for lineno, line in enumerate(lines[1:], start=2):
             try:
-                item = TestItem(**json.loads(line))
-            except (json.JSONDecodeError, TypeError) as err:
+                row = json.loads(line)
+                for key in PATH_FIELDS:  # relative to the file (absolute ones, from older files, stay)
+                    if isinstance(row.get(key), str):
+                        row[key] = os.path.normpath(os.path.join(path.parent.absolute(), row[key]))
+                item = TestItem(**row)
+            except (json.JSONDecodeError, TypeError, AttributeError) as err:
                 raise ValueError(f"{path}:{lineno}: not a test item ({err})") from err
             if item.id in seen:
                 raise ValueError(f"{path}:{lineno}: duplicate id {item.id!r}")
@@ -133,14 +145,9 @@ def text_problem(text: str) -> str | None:
     """Why a transcript cannot be a WER reference for English ASR, or None."""
     if not text or not text.strip():
         return "empty transcript"
-    letters = [c for c in text if c.isalpha()]
-    if not letters:
+    if not any(c.isalpha() for c in text):
         return f"transcript has no letters: {text[:40]!r}"
-    # Latin letters with accents (café) are fine; other scripts are not English text.
-    foreign = sorted({c for c in letters if not unicodedata.name(c, "").startswith("LATIN")})
-    if foreign:
-        return f"non-English characters in transcript: {''.join(foreign[:10])!r}"
-    return None
+    return None  # other scripts, control characters, emoji: refused by every Utterance already
 
 
 def _audio_seconds(path: Path | None) -> tuple[float | None, str | None]:

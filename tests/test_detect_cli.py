@@ -262,14 +262,16 @@ def test_train_writes_model_threshold_and_split(model, data):
 def test_score_files_and_unreadable(model, data, tmp_path, capsys):
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF not really a wav")
+    import soundfile as sf
+
+    sf.write(tmp_path / "tiny.wav", np.full(8, 0.1, np.float32), 16000)
     real, fake = data / "wavs" / "real_spk-a_0.wav", data / "wavs" / "lowpass_spk-a_0.wav"
     (tmp_path / "empty").mkdir()
-    rc = cli(["detect", "score", str(real), str(fake), str(broken), str(tmp_path / "nope.wav"),
-              str(tmp_path / "empty"), "--model", str(model), "--json"])  # fmt: skip
+    inputs = [real, fake, broken, tmp_path / "nope.wav", tmp_path / "empty", tmp_path / "tiny.wav"]
+    rc = cli(["detect", "score", *map(str, inputs), "--model", str(model), "--json"])
     entries = json.loads(capsys.readouterr().out)
     assert rc == 1
-    assert [Path(e["path"]).name for e in entries] == ["real_spk-a_0.wav", "lowpass_spk-a_0.wav",
-                                                       "broken.wav", "nope.wav", "empty"]  # fmt: skip
+    assert [Path(e["path"]).name for e in entries] == [p.name for p in inputs]
     platt = json.loads((model / "detector.json").read_text())["training"]["calibration"]["platt"]
     thr = json.loads((model / "detector.json").read_text())["training"]["eer_threshold"]
     for e in entries[:2]:
@@ -282,6 +284,7 @@ def test_score_files_and_unreadable(model, data, tmp_path, capsys):
     assert entries[1]["decision"] == "spoof" and entries[1]["p_spoof"] > 0.5
     assert "unreadable" in entries[2]["error"] and "file not found" in entries[3]["error"]
     assert "no audio files" in entries[4]["error"]
+    assert "8 samples (0.001 s) is too short to score" in entries[5]["error"] and "score" not in entries[5]
     # a folder is expanded to its audio files; all readable -> exit 0
     folder = tmp_path / "clips"
     folder.mkdir()

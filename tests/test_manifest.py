@@ -265,3 +265,37 @@ def test_real_manifest_round_trip(
     nodur = _lines(tmp_path / "nodur.jsonl", stripped)
     for u, r in zip(read_manifest(nodur, root=real_speech_dir), real_speech_rows, strict=True):
         assert abs(u.duration - r["duration"]) < 0.01
+
+
+def test_text_that_is_not_this_clips_english_speech_is_named_by_row(tmp_path: Path) -> None:
+    _wav(tmp_path / "audio" / "ok.wav", 2.0)
+    base = {"speaker": "s", "audio": "audio/ok.wav", "duration": 2.0}
+    rows = [
+        {"id": "fine", "text": "A perfectly normal sentence.", **base},  # 1
+        {"id": "bell", "text": "ring \x07 the bell", **base},  # 2
+        {"id": "nul", "text": "nul\x00byte", **base},  # 3
+        {"id": "emoji", "text": "so happy 😀", **base},  # 4
+        {"id": "zh", "text": "你好，世界", **base},  # 5
+        {"id": "long", "text": "word " * 10_000, **base},  # 6
+        {
+            "id": "prompt",
+            "text": "Fine.",
+            **base,
+            "prompt_audio": "audio/ok.wav",
+            "prompt_text": "日本語",
+        },  # 7
+    ]
+    with pytest.raises(ManifestError) as err:
+        read_manifest(_lines(tmp_path / "m.jsonl", rows))
+    problems = err.value.problems
+    expected = [
+        (":2 (id=bell): text: character 5 is U+0007", "control character"),
+        (":3 (id=nul): text: character 3 is U+0000", "control character"),
+        (":4 (id=emoji): text: character 9 is U+1F600 (GRINNING FACE)", "emoji"),
+        (":5 (id=zh): text: character 0 is U+4F60", "script other than Latin"),
+        (":6 (id=long): text: 10000 words for 2.00 s", "words/s"),
+        (":7 (id=prompt): prompt_text: character 0 is U+65E5", "script other than Latin"),
+    ]
+    assert len(problems) == len(expected), problems
+    for p, (where, why) in zip(problems, expected, strict=True):
+        assert where in p and why in p, p

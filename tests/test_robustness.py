@@ -206,3 +206,29 @@ def test_bench_cli_writes_tables_and_refuses_escaping_paths(tmp_path, real_speec
     )
     with pytest.raises(ValueError, match="unknown attack"):
         bad.func(bad)
+
+
+def test_bench_refuses_every_unusable_clip_by_name_before_any_work(tmp_path):
+    import soundfile as sf
+
+    from watermark import bench_cli
+
+    sr = 16000
+    t = np.arange(sr, dtype=np.float32) / sr
+    clips = {
+        "good": 0.3 * np.sin(2 * np.pi * 220 * t),
+        "silent": np.zeros(sr, np.float32),
+        "one": np.array([0.5], np.float32),
+        "nan": np.where(t < 0.5, 0.1, np.nan).astype(np.float32),
+        "clipped": np.clip(3 * np.sin(2 * np.pi * 220 * t), -1, 1),  # a full-scale clipped tone
+    }
+    for name, wav in clips.items():
+        sf.write(tmp_path / f"{name}.wav", wav.astype(np.float32), sr, subtype="FLOAT")
+    with pytest.raises(ValueError) as err:
+        bench_cli.load_clips(tmp_path)
+    lines = str(err.value).splitlines()
+    assert lines[0] == f"4 unusable clip(s) in {tmp_path}:"
+    named = {line.strip().split(": ", 1)[0].rsplit("/", 1)[1]: line for line in lines[1:]}
+    assert sorted(named) == ["clipped.wav", "nan.wav", "one.wav", "silent.wav"]
+    assert "full scale" in named["clipped.wav"] and "NaN/Inf" in named["nan.wav"]
+    assert "1 samples" in named["one.wav"] and "silent" in named["silent.wav"]

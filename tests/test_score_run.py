@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from evaluation.generators import CommandGenerator, GenRequest, load_generator
-from evaluation.run import RunOptions, records, score
+from evaluation.run import RunLockedError, RunOptions, exclusive, records, score
 from evaluation.scoring import Scorers
 from evaluation.summary import compare_runs, merge
 from evaluation.testset import TestSet, TestSetOptions, build_test_set, cut_prompt
@@ -173,6 +173,29 @@ def test_folder_chunk_mixing_an_invalid_item_with_good_ones_scores(espeak_corpus
     assert (rows.drop(index="lone_0")["status"] == "ok").all()
     assert rows.drop(index="lone_0")["flag_max_length"].isna().all()  # a folder reports no stop reason
     assert len(rows) == 4
+
+
+def test_a_second_writer_is_refused_and_a_killed_writers_lock_does_not_block(setup, tmp_path):
+    _, ts, _, outputs = setup
+    options = RunOptions(generator=f"folder:{outputs}", chunk_size=CHUNK)
+    with exclusive(tmp_path, "score.rank0-of-1"):
+        with pytest.raises(RunLockedError, match=rf"{tmp_path} is in use by pid {os.getpid()}"):
+            score(tmp_path, ts, options, ("generate",), progress=False)
+    # a process that took the lock and died by SIGKILL: the kernel released it
+    hold = (
+        "import time; from pathlib import Path; from evaluation.run import exclusive\n"
+        f"with exclusive(Path({str(tmp_path)!r}), 'audit'):\n    print('locked', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", hold], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(RunLockedError, match=f"pid {holder.pid}"), exclusive(tmp_path, "audit"):
+        pass
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with exclusive(tmp_path, "audit"):
+        pass
+    score(tmp_path, TestSet(ts.items[:2]), options, ("generate",), progress=False)
+    assert (tmp_path / "tables" / "generations.rank0-of-1.parquet").is_file()
 
 
 def test_records_turn_missing_cells_into_none(tmp_path):

@@ -62,6 +62,10 @@ def test_bad_requests_get_clear_errors(generator, prompt_wav, tmp_path):
         generator.synthesize(["Hi."], silent, "A tone.")
     with pytest.raises(ValueError, match="text 0"):
         generator.synthesize(["   "], prompt_wav, "A tone.")
+    with pytest.raises(ValueError, match=r"text 1 .*U\+4F60 .*script other than Latin"):
+        generator.synthesize(["Fine.", "你好，世界"], prompt_wav, "A tone.")
+    with pytest.raises(ValueError, match=r"prompt text .*U\+0007 .*control character"):
+        generator.synthesize(["Fine."], prompt_wav, "A \x07tone.")
     with pytest.raises(ValueError, match=r"too long|longer"):
         generator.synthesize(["word " * 400], prompt_wav, "A tone.")
     with pytest.raises(ValueError, match="no texts"):

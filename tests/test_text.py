@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from valle.text import TextError, normalize_text
@@ -93,3 +95,22 @@ def test_too_long_text_names_length_and_limit() -> None:
 def test_non_string_is_rejected() -> None:
     with pytest.raises(TextError, match="must be a str"):
         normalize_text(None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("beep\x07", "U+0007"),
+        ("a\x00b", "U+0000"),
+        ("ok 🎉", "U+1F389"),
+        ("中文", "U+4E2D"),
+        ("Привет", "U+041F"),
+    ],
+)
+def test_text_that_is_not_english_speech_is_refused(text: str, named: str) -> None:
+    with pytest.raises(TextError, match=re.escape(named)):
+        normalize_text(text)
+
+
+def test_latin_accents_typography_and_whitespace_pass() -> None:
+    assert normalize_text("Ça va?\t«Naïve» café —\nfine.") == 'Ça va? "Naïve" café - fine.'

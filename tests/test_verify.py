@@ -205,6 +205,10 @@ def test_unmarked_silent_and_unreadable_files(run_dir, perth, tmp_path):
     v = verify_file(tmp_path / "junk.wav", public_key=run_dir["pub"], watermarker=perth)
     assert v["verdict"] == "unreadable" and any("cannot read audio" in r for r in v["reasons"])
     assert v["audio_sha256"] and v["watermark"] is None
+    sf.write(tmp_path / "header.wav", np.full(8, 0.5, np.float32), 16000, subtype="PCM_16")
+    assert (tmp_path / "header.wav").stat().st_size == 60  # a header and 8 samples
+    v = verify_file(tmp_path / "header.wav", public_key=run_dir["pub"], watermarker=perth)
+    assert v["verdict"] == "unreadable" and any("has 8 samples" in r for r in v["reasons"])
     with pytest.raises(FileNotFoundError, match=r"gone\.wav"):
         verify_file(tmp_path / "gone.wav", public_key=run_dir["pub"], watermarker=perth)
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from valle.audio import AudioError
 from valle.audio import duration as audio_duration
+from valle.text import rate_problem, text_problem
 
 # Keys with a dedicated Utterance field, in the order they are written.
 CORE_KEYS = ("id", "audio", "text", "speaker", "duration", "prompt_audio", "prompt_text")
@@ -270,12 +271,26 @@ def _field_problems(utt: Utterance) -> list[tuple[str, str]]:
         out.append(("duration", msg))
     if utt.prompt_text is not None and not _is_text(utt.prompt_text):
         out.append(("prompt_text", "expected a non-empty string or None"))
+    if not out:
+        out += _speech_text_problems(utt.text, utt.prompt_text, utt.duration)
     if (utt.prompt_audio is None) != (utt.prompt_text is None):
         out += _pairing_problem(utt.prompt_audio is None)
     if not isinstance(utt.extra, dict):
         out.append(("extra", f"expected a dict, got {_type_name(utt.extra)}"))
     elif bad := [k for k in utt.extra if not isinstance(k, str)]:
         out.append(("extra", f"keys must be strings, got {bad!r}"))
+    return out
+
+
+def _speech_text_problems(
+    text: str, prompt_text: str | None, duration: float | None
+) -> list[tuple[str, str]]:
+    """Text (and prompt text) that cannot be English speech, or a transcript far too long for its
+    clip (see :func:`valle.text.text_problem` and :func:`valle.text.rate_problem`)."""
+    out = [(name, msg) for name, value in (("text", text), ("prompt_text", prompt_text))
+           if value is not None and (msg := text_problem(value))]  # fmt: skip
+    if duration is not None and (msg := rate_problem(text, duration)):
+        out.append(("text", msg))
     return out
 
 
@@ -346,6 +361,8 @@ def _parse_row(row: Any, root: Path, check_files: bool) -> tuple[Utterance | Non
         except AudioError as err:
             problems.append(("audio", f"cannot read duration: {err}"))
 
+    if not problems:
+        problems += _speech_text_problems(row["text"], prompt_text, duration)
     if problems:
         return None, problems
     extra = {k: v for k, v in row.items() if k not in CORE_KEYS}

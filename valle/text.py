@@ -23,9 +23,11 @@ from decimal import Decimal
 
 from num2words import num2words
 
-__all__ = ["MAX_CHARS", "TextError", "normalize_text"]
+__all__ = ["MAX_CHARS", "MAX_WORDS_PER_SECOND", "TextError", "normalize_text", "rate_problem", "text_problem"]
 
 MAX_CHARS = 600
+# Fast read speech is 4-6 words/s; a transcript faster than this over its clip is not that clip's
+MAX_WORDS_PER_SECOND = 10.0
 
 
 class TextError(ValueError):
@@ -204,16 +206,58 @@ def _expand_abbreviations(text: str) -> str:
     return text
 
 
+def text_problem(text: str) -> str | None:
+    """Why ``text`` cannot be English speech for this model, or None.
+
+    Refused: control characters (``\\x00``, ``\\x07``, ...; tab and newline are whitespace), symbols
+    outside any script (emoji), unassigned and private-use code points, and letters of a script other
+    than Latin (eSpeak's English voice reads a Chinese sentence as the names of its characters). The
+    character and its position are named.
+    """
+    for i, c in enumerate(text):
+        cat = unicodedata.category(c)
+        if c in "\t\n\r":
+            continue
+        name = unicodedata.name(c, "no name")
+        why = None
+        if cat == "Cc":
+            why = "a control character"
+        elif cat in ("Co", "Cn", "Cs"):
+            why = "a private-use, unassigned or surrogate code point"
+        elif cat == "So":
+            why = "a symbol that is not speech (emoji or pictograph)"
+        elif cat.startswith("L") and not name.startswith("LATIN"):
+            why = "a letter of a script other than Latin (the model speaks English)"
+        if why:
+            return f"character {i} is U+{ord(c):04X} ({name}), {why}"
+    return None
+
+
+def rate_problem(text: str, seconds: float) -> str | None:
+    """Why ``text`` cannot be the transcript of a ``seconds``-long clip, or None (a 10,000-word
+    transcript on a 2 s clip). Clips under 1 s are measured as 1 s, so short words pass."""
+    words = len(text.split())
+    if words > MAX_WORDS_PER_SECOND * max(seconds, 1.0):
+        return (
+            f"{words} words for {seconds:.2f} s of audio is more than {MAX_WORDS_PER_SECOND:g} words/s: "
+            "not this clip's transcript"
+        )
+    return None
+
+
 def normalize_text(text: str, max_chars: int = MAX_CHARS) -> str:
     """Normalise English text for TTS: NFKC, ASCII punctuation, numbers and abbreviations as words.
 
-    Raises :class:`TextError` for non-string, empty or whitespace-only text, text with no letters
-    after normalisation, and text longer than ``max_chars`` after normalisation.
+    Raises :class:`TextError` for non-string, empty or whitespace-only text, text with characters
+    :func:`text_problem` refuses, text with no letters after normalisation, and text longer than
+    ``max_chars`` after normalisation.
     """
     if not isinstance(text, str):
         raise TextError(f"text must be a str, got {type(text).__name__}")
     if not text.strip():
         raise TextError("text is empty or whitespace only")
+    if problem := text_problem(text):
+        raise TextError(problem)
     out = unicodedata.normalize("NFKC", text).translate(_PUNCT_TO_ASCII)
     out = _expand_abbreviations(out)
     out = _CURRENCY_RE.sub(_currency, out)

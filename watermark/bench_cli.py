@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from watermark.base import SILENCE_PEAK
+
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
 
@@ -130,7 +132,40 @@ def load_clips(source: Path, max_clips: int | None = None) -> list[tuple[np.ndar
         items = _manifest_items(source)
     else:
         raise FileNotFoundError(f"audio source not found: {source}")
-    return [(*read_mono(path), clip_id) for path, clip_id in items[:max_clips]]
+    clips, problems = [], []
+    for path, clip_id in items[:max_clips]:
+        try:
+            wav, sr = read_mono(path)
+        except ValueError as err:
+            problems.append(str(err))
+            continue
+        if why := clip_problem(wav, sr):
+            problems.append(f"{path}: {why}")
+        clips.append((wav, sr, clip_id))
+    if problems:  # all of them, before any work: a late failure would throw away the finished clips
+        raise ValueError(f"{len(problems)} unusable clip(s) in {source}:\n  " + "\n  ".join(problems))
+    return clips
+
+
+MIN_SECONDS = 0.25  # the shortest clip a backend here marks
+MAX_CLIPPED = 0.01  # share of full-scale samples above which a clip is not natural speech
+
+
+def clip_problem(wav: np.ndarray, sr: int) -> str | None:
+    """Why a clip cannot be used to mark or to fix a clean-speech threshold, or None. Non-finite,
+    too short or silent clips cannot be marked; a clip with many full-scale samples (a clipped tone) is
+    not speech, and as a clean clip it would set the false-alarm threshold for every attack."""
+    if not np.all(np.isfinite(wav)):
+        return f"{int((~np.isfinite(wav)).sum())} NaN/Inf samples"
+    if len(wav) < MIN_SECONDS * sr:
+        return f"{len(wav)} samples ({len(wav) / sr:.3f} s), under the {MIN_SECONDS:g} s a mark needs"
+    peak = float(np.abs(wav).max())
+    if peak < SILENCE_PEAK:
+        return "silent (peak below -80 dBFS): nothing a mark could be in"
+    clipped = float(np.mean(np.abs(wav) >= 0.999))
+    if clipped > MAX_CLIPPED:
+        return f"{100 * clipped:.1f}% of samples at full scale: clipped, not natural speech"
+    return None
 
 
 def _manifest_items(manifest: Path) -> list[tuple[Path, str]]:

@@ -68,14 +68,20 @@ SILENCE_PEAK = 1e-4  # below this peak there is nothing a watermark could surviv
 UNKNOWN_KEY_ID = "unknown_key_id"
 
 
+MIN_SECONDS = 0.25  # the shortest clip a backend here marks (Perth's minimum)
+
+
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     """``(wav [N] float32 mono, sample rate)``; channels are averaged. Raises ValueError when unreadable."""
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as err:
         raise ValueError(f"cannot read audio {path}: {err}") from None
-    if data.shape[0] == 0:
-        raise ValueError(f"audio {path} has no samples")
+    if data.shape[0] < MIN_SECONDS * sr:  # a header with a few samples is not audio a mark could be in
+        raise ValueError(
+            f"audio {path} has {data.shape[0]} samples ({data.shape[0] / sr:.4f} s), under the "
+            f"{MIN_SECONDS:g} s any watermark needs"
+        )
     wav = data.mean(axis=1).astype(np.float32)
     if not np.all(np.isfinite(wav)):
         raise ValueError(f"audio {path} holds NaN or infinite samples")
