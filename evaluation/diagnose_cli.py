@@ -82,8 +82,13 @@ def run(args: argparse.Namespace) -> int:
     if ckpt is not None:
         report["embedding_rms"] = dg.embedding_rms(ckpt.model)
     heldout_codes = []
-    for manifest in args.manifest:
-        name = set_name(manifest)
+    names = [set_name(m) for m in args.manifest]
+    for i, manifest in enumerate(args.manifest):
+        name = names[i]
+        if names.count(name) > 1:  # data/a/x.jsonl and data/b/x.jsonl: keep both, by folder
+            name = f"{manifest.parent.name}/{name}"
+        if name in report["sets"]:
+            raise ValueError(f"--manifest {manifest} given twice")
         say(f"{name}: encoding {manifest}")
         examples = dg.encode_examples(dg.first_utterances(read_manifest(manifest), args.limit), codec, ckpt)
         heldout_codes += [e.codes for e in examples]

@@ -113,3 +113,25 @@ def test_diagnose_cli_on_the_demo_checkpoint(tmp_path, capsys):
     assert report["embedding_rms"]["ar_text_to_position_rms"] < 0.1
     assert main([*args, "--codec", "contentvq_24khz"]) == 2  # a checkpoint pins its codec
     assert "trained with codec melvq_24khz" in capsys.readouterr().err
+
+
+def test_diagnose_keeps_sets_whose_manifests_share_a_name(tmp_path):
+    import shutil
+
+    from evaluation.cli import main
+
+    demo = REPO / "evaluation" / "testsets" / "demo"
+    rows = (demo / "manifest.jsonl").read_text().splitlines()[:2]
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        for row in rows:  # same file name, own folder: the audio resolves beside each copy
+            audio = json.loads(row)["audio"]
+            (tmp_path / folder / audio).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(demo / audio, tmp_path / folder / audio)
+        (tmp_path / folder / "voice.jsonl").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "diag.json"
+    argv = ["diagnose", "--codec", "melvq_24khz", "--no-asr", "--out", str(out)]
+    for folder in ("a", "b"):
+        argv += ["--manifest", str(tmp_path / folder / "voice.jsonl")]
+    assert main(argv) == 0
+    assert sorted(json.loads(out.read_text())["sets"]) == ["a/voice", "b/voice"]

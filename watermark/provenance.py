@@ -255,6 +255,7 @@ class Ledger:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._cache: tuple[tuple[int, int], list[LedgerEntry], list[str]] | None = None
+        self._signatures: tuple[tuple, list[str]] | None = None  # (file stamp + key, bad signatures)
         # (size, mtime_ns, seq, line sha256) right after this object's last append: while the file is
         # unchanged since then, the next append need not re-read the whole ledger (O(1), not O(n))
         self._tail: tuple[int, int, int, str] | None = None
@@ -310,10 +311,18 @@ class Ledger:
         entries, problems = self._load()
         problems = list(problems)
         if public_key is not None:
-            for e in entries:
-                why = manifest_problem(e.manifest, public_key)
-                if why:
-                    problems.append(f"line {e.line}: {why}")
+            # one pass per (file state, key): verifying many files against one ledger checks each
+            # signature once, not once per file
+            raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+            key = (self._cache[0], raw) if self._cache else None
+            if key is None or self._signatures is None or self._signatures[0] != key:
+                bad = [
+                    f"line {e.line}: {why}"
+                    for e in entries
+                    if (why := manifest_problem(e.manifest, public_key))
+                ]
+                self._signatures = (key, bad)
+            problems += self._signatures[1]
         return problems
 
     def head(self) -> str:
