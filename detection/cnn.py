@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from detection.base import BaseDetector, Clip, get_array, progress_iter
 from detection.features import Controls, LfccConfig, lfcc, logmel
 from detection.io import DetectorFileError
-from detection.models import BaseDetector, Clip, _get, _iter
 
 FEATURES = ("lfcc", "logmel")
 SIZES = ("small", "full")
@@ -209,7 +209,7 @@ class LcnnDetector(BaseDetector):
             net.to(dev).train()
             opt = torch.optim.Adam(net.parameters(), lr=self.lr)
             loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(n_spoof / n_bona, device=dev))
-            for _ in _iter(range(self.epochs), progress, f"{self.name} epochs"):
+            for _ in progress_iter(range(self.epochs), progress, f"{self.name} epochs"):
                 order = rng.permutation(len(feats))
                 total = 0.0
                 for start in range(0, len(order), self.batch_size):
@@ -276,7 +276,7 @@ class LcnnDetector(BaseDetector):
         )
         net = LcnnNet(det.size, det.in_dim)
         expected = net.state_dict()
-        state = {k: torch.from_numpy(_get(arrays, "lcnn.safetensors", k).copy()) for k in expected}
+        state = {k: torch.from_numpy(get_array(arrays, "lcnn.safetensors", k).copy()) for k in expected}
         extra = sorted(set(arrays.get("lcnn.safetensors", {})) - set(expected))
         if extra:
             raise DetectorFileError(f"lcnn.safetensors: unexpected tensors {extra[:3]}")

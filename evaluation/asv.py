@@ -83,6 +83,8 @@ KINDS = ("target", "nontarget", "spoof")
 GATED_SCORE = -2.0  # below every cosine in [-1, 1]: a CM-rejected trial is rejected at any threshold
 REPORT_FORMAT = "valle-asv-report"
 REPORT_VERSION = 1
+REPORT_FILE = "asv_report.json"
+TRIALS_FILE = "asv_trials.parquet"
 MIN_SECONDS = 0.5  # the speaker encoders' minimum input (evaluation.speaker.MIN_SECONDS)
 # keys under which a saved detector may carry its own EER threshold (detector attribute or json)
 CM_THRESHOLD_KEYS = ("eer_threshold", "cm_threshold")
@@ -725,3 +727,22 @@ def run_asv(
         }
     report = asv_report(trials, cm_scores if cm is not None else None, cm_threshold, source)
     return report, trial_table(trials, report, cm_scores if cm is not None else None)
+
+
+def write_outputs(out: str | Path, report: dict, table: pd.DataFrame) -> tuple[Path, Path]:
+    """``asv_report.json`` and ``asv_trials.parquet`` in ``out``: both are written under temporary
+    names first and renamed only when both are complete, so a failure leaves no half-written file."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    report_path, table_path = out / REPORT_FILE, out / TRIALS_FILE
+    tmp_report, tmp_table = (p.with_name(f".{p.name}.partial") for p in (report_path, table_path))
+    try:
+        table.to_parquet(tmp_table, index=False)
+        tmp_report.write_text(json.dumps(report, indent=2, sort_keys=False, allow_nan=False) + "\n")
+    except BaseException:
+        for p in (tmp_report, tmp_table):
+            p.unlink(missing_ok=True)
+        raise
+    tmp_table.replace(table_path)
+    tmp_report.replace(report_path)  # last: the report marks a complete output
+    return report_path, table_path

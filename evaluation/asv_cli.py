@@ -8,16 +8,12 @@ The protocol, the metrics and :func:`evaluation.asv.run_asv` (audio files -> rep
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import pandas as pd
 
-from evaluation.asv import AsvConfig, run_asv
+from evaluation.asv import AsvConfig, run_asv, write_outputs
 from evaluation.detect_data import jsonl_objects
-
-REPORT_FILE = "asv_report.json"
-TRIALS_FILE = "asv_trials.parquet"
 
 
 def read_real_rows(path: str | Path) -> list[dict]:
@@ -135,25 +131,6 @@ def format_report(report: dict) -> str:
             f"{_pct(report['gated']['sasv_eer']).strip()}"
         )
     return "\n".join(lines)
-
-
-def write_outputs(out: str | Path, report: dict, table: pd.DataFrame) -> tuple[Path, Path]:
-    """``asv_report.json`` and ``asv_trials.parquet`` in ``out``: both are written under temporary
-    names first and renamed only when both are complete, so a failure leaves no half-written file."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    report_path, table_path = out / REPORT_FILE, out / TRIALS_FILE
-    tmp_report, tmp_table = (p.with_name(f".{p.name}.partial") for p in (report_path, table_path))
-    try:
-        table.to_parquet(tmp_table, index=False)
-        tmp_report.write_text(json.dumps(report, indent=2, sort_keys=False, allow_nan=False) + "\n")
-    except BaseException:
-        for p in (tmp_report, tmp_table):
-            p.unlink(missing_ok=True)
-        raise
-    tmp_table.replace(table_path)
-    tmp_report.replace(report_path)  # last: the report marks a complete output
-    return report_path, table_path
 
 
 def add_parser(subparsers) -> None:

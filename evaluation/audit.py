@@ -29,14 +29,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
-import traceback
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from evaluation.run import exclusive
+from evaluation.rundir import write_json
 from evaluation.testset import TestSet
 
 STAGES = ("generate", "verify", "score", "detect", "asv", "watermark", "report")
@@ -121,9 +118,7 @@ class Audit:
         }
 
     def save(self) -> None:
-        from evaluation.run import _write_json
-
-        _write_json(self.dir / AUDIT_FILE, self.to_json(), sort_keys=False)  # stages stay in pipeline order
+        write_json(self.dir / AUDIT_FILE, self.to_json(), sort_keys=False)  # stages stay in pipeline order
 
     @classmethod
     def open(cls, out: str | Path, options: AuditOptions, testset: TestSet) -> Audit:
@@ -191,75 +186,6 @@ def stage_plan(only: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> tuple[
             raise ValueError(f"unknown stage {s!r}; stages are {', '.join(STAGES)}")
     chosen = [s for s in STAGES if (not only or s in only or s == "report") and s not in skip]
     return tuple(chosen)
-
-
-def run_audit(
-    out: str | Path,
-    testset: TestSet,
-    options: AuditOptions = AuditOptions(),
-    only: tuple[str, ...] = (),
-    skip: tuple[str, ...] = (),
-    progress: bool = True,
-    log: Callable[[str], None] = print,
-) -> Audit:
-    """Run (or resume) the audit in ``out``; returns its state. See the module docstring.
-
-    A stage already ``done`` in an earlier call is not redone unless named in ``only``. A second
-    process on the same ``out`` is refused (:func:`evaluation.run.exclusive`).
-    """
-    from evaluation.profiles import check_profile
-
-    plan = stage_plan(only, skip)
-    resolved = check_profile(options.profile, dict(options.model_paths), generator=options.generator)
-    with exclusive(Path(out), "audit"):  # one audit per directory; a killed one's lock dies with it
-        return _run_stages(Audit.open(out, options, testset), resolved, plan, only, progress, log)
-
-
-def _run_stages(
-    audit: Audit,
-    resolved: object,
-    plan: tuple[str, ...],
-    only: tuple[str, ...],
-    progress: bool,
-    log: Callable[[str], None],
-) -> Audit:
-    from evaluation import audit_stages
-
-    audit.cache["profile"] = resolved
-    audit.profile_check = resolved.to_json()
-    for name in STAGES:
-        if name not in plan:
-            if audit.stages[name].status == "not_run":
-                audit.stages[name] = StageResult(status="skipped", note="not selected for this call")
-            continue
-        if audit.stages[name].status == "done" and name not in only and name != "report":
-            log(f"[{name}] done in an earlier call; skipped (select it with --stage {name} to redo it)")
-            continue
-        log(f"[{name}] ...")
-        t0 = time.perf_counter()
-        result = StageResult(status="done")
-        try:
-            counts = getattr(audit_stages, f"stage_{name}")(audit, progress=progress) or {}
-            result.n, result.n_failed, result.note = (
-                counts.get("n"),
-                counts.get("n_failed"),
-                counts.get("note"),
-            )
-        except KeyboardInterrupt:
-            audit.stages[name] = StageResult(
-                status="failed", error="interrupted", seconds=time.perf_counter() - t0
-            )
-            audit.save()
-            raise
-        except Exception as err:  # recorded on the scorecard; later stages that need it fail in turn
-            result.status, result.error = "failed", f"{type(err).__name__}: {err}"
-            log(f"[{name}] FAILED: {result.error}")
-            if os.environ.get("VALLE_DEBUG"):
-                traceback.print_exc()
-        result.seconds = round(time.perf_counter() - t0, 2)
-        audit.stages[name] = result
-        audit.save()
-    return audit
 
 
 def timing_summary(audit: Audit) -> str:

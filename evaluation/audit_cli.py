@@ -24,7 +24,7 @@ A killed audit resumes when the same command is run again. Stages: """ + ", ".jo
 
 
 def add_parser(sub) -> None:
-    from evaluation.score_cli import _testset_args
+    from evaluation.score_cli import add_testset_args
 
     p = sub.add_parser(
         "audit",
@@ -41,7 +41,7 @@ def add_parser(sub) -> None:
         help="valle:<checkpoint> | command:<template> | folder:<dir> (default: %(default)s)",
     )
     p.add_argument("--profile", choices=("offline", "paper"), default="offline", help="default: %(default)s")
-    _testset_args(p, required=False)  # default: the demo test set
+    add_testset_args(p, required=False)  # default: the demo test set
     p.add_argument(
         "--real",
         type=Path,
@@ -82,15 +82,16 @@ def add_parser(sub) -> None:
 
 def _testset(args):
     from evaluation.demo_testset import demo_testset
-    from evaluation.score_cli import _load_testset
+    from evaluation.score_cli import load_testset
 
     if args.manifest or args.testset or args.seed_tts_meta:
-        return _load_testset(args)
+        return load_testset(args)
     return demo_testset(args.real)
 
 
 def run(args: argparse.Namespace) -> int:
-    from evaluation.audit import run_audit, timing_summary
+    from evaluation.audit import timing_summary
+    from evaluation.audit_stages import run_audit
 
     paths = {
         k: str(getattr(args, k))

@@ -1,4 +1,5 @@
-"""The stages of ``valle audit`` (see :mod:`evaluation.audit` for the order and the run directory).
+"""The stages of ``valle audit`` and the loop that runs them (:func:`run_audit`; :mod:`evaluation.audit`
+holds the typed state, the order and the run directory).
 
 Each ``stage_<name>(audit, progress)`` reads earlier stages' files from ``audit.dir``, writes its own
 atomically and returns counts ``{"n", "n_failed", "note"}`` for ``audit.json``. An error that stops
@@ -21,13 +22,20 @@ Intervals are Wilson score intervals (scipy's ``binomtest(...).proportion_ci``).
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from evaluation.audit import Audit
+from evaluation.audit import STAGES, Audit, AuditOptions, StageResult, default_keys, stage_plan
+from evaluation.profiles import check_profile
+from evaluation.rundir import exclusive
+from evaluation.testset import TestSet
 
 PUBLIC_KEY = "keys/signing.public.pem"
 
@@ -58,7 +66,6 @@ def _keys(audit: Audit):
     if "keys" not in audit.cache:
         from cryptography.hazmat.primitives import serialization
 
-        from evaluation.audit import default_keys
         from watermark.keys import load_key
         from watermark.provenance import load_signing_key
 
@@ -119,7 +126,7 @@ def stage_verify(audit: Audit, progress: bool = True) -> dict:
     """Every generated file through the auditor's check (``watermark.verify.verify_file``)."""
     from tqdm import tqdm
 
-    from evaluation.run import write_parquet
+    from evaluation.rundir import write_parquet
     from watermark.keys import KeyRing
     from watermark.provenance import Ledger
     from watermark.verify import verify_file
@@ -235,8 +242,7 @@ def stage_detect(audit: Audit, progress: bool = True) -> dict:
 
 
 def stage_asv(audit: Audit, progress: bool = True) -> dict:
-    from evaluation.asv import AsvConfig, run_asv
-    from evaluation.asv_cli import write_outputs
+    from evaluation.asv import AsvConfig, run_asv, write_outputs
 
     o, p = audit.options, audit.cache["profile"]
     cm_dir = audit.dir / "detect" / "detector"
@@ -269,7 +275,7 @@ def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float | None, floa
 def stage_watermark(audit: Audit, progress: bool = True) -> dict:
     from tqdm import tqdm
 
-    from evaluation.run import _write_json, write_parquet
+    from evaluation.rundir import write_json, write_parquet
     from valle.audio import load_audio
     from watermark.attacks import attack_bank, select, skipped_attacks
 
@@ -316,7 +322,7 @@ def stage_watermark(audit: Audit, progress: bool = True) -> dict:
     write_parquet(per_clip, audit.dir / "tables" / "watermark_clips.parquet")
     write_parquet(per_attack, audit.dir / "tables" / "watermark.parquet")
     (audit.dir / "watermark").mkdir(exist_ok=True)
-    _write_json(
+    write_json(
         audit.dir / "watermark" / "robustness.json",
         {
             "backend": wm.card(),
@@ -333,7 +339,6 @@ def stage_watermark(audit: Audit, progress: bool = True) -> dict:
 
 
 def stage_report(audit: Audit, progress: bool = True) -> dict:
-    from evaluation.audit import StageResult
     from reports import write_scorecard
 
     # the scorecard reads audit.json: give it this call's stage results so far
@@ -341,3 +346,81 @@ def stage_report(audit: Audit, progress: bool = True) -> dict:
     audit.save()
     paths = write_scorecard(audit.dir)
     return {"n": len(paths), "note": str(paths.get("html", ""))}
+
+
+STAGE_FUNCTIONS: dict[str, Callable[..., dict | None]] = {
+    "generate": stage_generate,
+    "verify": stage_verify,
+    "score": stage_score,
+    "detect": stage_detect,
+    "asv": stage_asv,
+    "watermark": stage_watermark,
+    "report": stage_report,
+}
+assert tuple(STAGE_FUNCTIONS) == STAGES, "one function per stage, in pipeline order"
+
+
+def run_audit(
+    out: str | Path,
+    testset: TestSet,
+    options: AuditOptions | None = None,
+    only: tuple[str, ...] = (),
+    skip: tuple[str, ...] = (),
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Audit:
+    """Run (or resume) the audit in ``out``; returns its state. See the module docstring.
+
+    A stage already ``done`` in an earlier call is not redone unless named in ``only``. A second
+    process on the same ``out`` is refused (:func:`evaluation.rundir.exclusive`).
+    """
+    options = options or AuditOptions()
+    plan = stage_plan(only, skip)
+    resolved = check_profile(options.profile, dict(options.model_paths), generator=options.generator)
+    with exclusive(Path(out), "audit"):  # one audit per directory; a killed one's lock dies with it
+        return _run_stages(Audit.open(out, options, testset), resolved, plan, only, progress, log)
+
+
+def _run_stages(
+    audit: Audit,
+    resolved: object,
+    plan: tuple[str, ...],
+    only: tuple[str, ...],
+    progress: bool,
+    log: Callable[[str], None],
+) -> Audit:
+    audit.cache["profile"] = resolved
+    audit.profile_check = resolved.to_json()
+    for name in STAGES:
+        if name not in plan:
+            if audit.stages[name].status == "not_run":
+                audit.stages[name] = StageResult(status="skipped", note="not selected for this call")
+            continue
+        if audit.stages[name].status == "done" and name not in only and name != "report":
+            log(f"[{name}] done in an earlier call; skipped (select it with --stage {name} to redo it)")
+            continue
+        log(f"[{name}] ...")
+        t0 = time.perf_counter()
+        result = StageResult(status="done")
+        try:
+            counts = STAGE_FUNCTIONS[name](audit, progress=progress) or {}
+            result.n, result.n_failed, result.note = (
+                counts.get("n"),
+                counts.get("n_failed"),
+                counts.get("note"),
+            )
+        except KeyboardInterrupt:
+            audit.stages[name] = StageResult(
+                status="failed", error="interrupted", seconds=time.perf_counter() - t0
+            )
+            audit.save()
+            raise
+        except Exception as err:  # recorded on the scorecard; later stages that need it fail in turn
+            result.status, result.error = "failed", f"{type(err).__name__}: {err}"
+            log(f"[{name}] FAILED: {result.error}")
+            if os.environ.get("VALLE_DEBUG"):
+                traceback.print_exc()
+        result.seconds = round(time.perf_counter() - t0, 2)
+        audit.stages[name] = result
+        audit.save()
+    return audit

@@ -24,15 +24,12 @@ the same directory with a different fingerprint is refused instead of mixing two
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import platform
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -42,11 +39,11 @@ import torch
 from tqdm import tqdm
 
 from evaluation.generators import GenRequest, load_generator, sample_seed
+from evaluation.rundir import STAGES, Run, exclusive, records, write_json, write_parquet
 from evaluation.scoring import Scorers, ScoringConfig, Timer
+from evaluation.summary import merge
 from evaluation.testset import TestSet, cut_prompt
 
-STAGES = ("generate", "score")
-TABLE_OF_STAGE = {"generate": ("generations",), "score": ("scores", "references")}
 PACKAGES = ("torch", "torchaudio", "faster-whisper", "ctranslate2", "openai-whisper", "speechbrain",
             "resemblyzer", "speechmos", "silero-vad", "jiwer", "valle-safety")  # fmt: skip
 
@@ -76,31 +73,6 @@ def rank_world() -> tuple[int, int]:
     return rank, world
 
 
-BOOL_COLUMNS = ("any_flag", "asr_fallback_exhausted", "watermark_applied", "watermark_verified", "has_target")
-
-
-def write_parquet(df: pd.DataFrame, path: Path) -> Path:
-    """Atomic: a killed process leaves no half-written table under the final name.
-
-    Yes/no columns are stored as nullable booleans whatever a chunk happened to hold (a chunk of
-    only clean rows would otherwise infer ``bool`` and one with a failure ``object``).
-    """
-    for col in df.columns:
-        if col in BOOL_COLUMNS or (col.startswith("flag_") and col != "flag_reasons"):
-            df[col] = df[col].astype("boolean")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    df.to_parquet(tmp, index=False)
-    tmp.replace(path)
-    return path
-
-
-def _write_json(path: Path, obj: dict, sort_keys: bool = True) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=sort_keys, default=str) + "\n")
-    tmp.replace(path)
-
-
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(
@@ -119,29 +91,6 @@ def _versions() -> dict:
         except metadata.PackageNotFoundError:
             out[name] = None
     return out
-
-
-class Run:
-    """One run directory; see the module docstring for its layout."""
-
-    def __init__(self, out: str | Path, testset: TestSet | None = None) -> None:
-        self.dir = Path(out)
-        self.tables = self.dir / "tables"
-        if testset is None:
-            testset = TestSet.load(self.dir / "testset.jsonl")
-        self.testset = testset
-        self.items = {it.id: it for it in testset.items}
-
-    def chunked(self, chunk_size: int) -> list[list[str]]:
-        ids = sorted(self.items)
-        return [ids[i : i + chunk_size] for i in range(0, len(ids), chunk_size)]
-
-    def part(self, table: str, k: int) -> Path:
-        return self.tables / "parts" / table / f"c{k:05d}.parquet"
-
-    def read_parts(self, table: str, ks: list[int]) -> pd.DataFrame:
-        frames = [pd.read_parquet(self.part(table, k)) for k in ks if self.part(table, k).is_file()]
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 FINGERPRINT_KEYS = ("testset_sha256", "generator", "seeds", "chunk_size", "scorers", "thresholds")
@@ -168,48 +117,7 @@ def _claim_dir(run: Run, config: dict) -> None:
         config = {**config, **{k: old[k] for k in FINGERPRINT_KEYS if old.get(k) is not None}}
         if all(old.get(k) == config.get(k) for k in FINGERPRINT_KEYS):
             return
-    _write_json(path, config)
-
-
-class RunLockedError(ValueError):
-    """Another live process is writing the same run directory."""
-
-
-@contextlib.contextmanager
-def exclusive(directory: Path, role: str) -> Iterator[None]:
-    """Hold an exclusive lock on ``directory`` for ``role`` (``fcntl.flock`` on ``.<role>.lock``).
-
-    A second writer is refused at once with :class:`RunLockedError`: two processes on one run directory
-    would redo every chunk and write every ledger entry twice. The kernel drops the lock when its
-    process dies, so a run killed with SIGKILL resumes without any clean-up.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f".{role}.lock"
-    f = open(path, "a+")  # held open (and locked) for the whole run
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip() or "another process"
-        f.close()
-        raise RunLockedError(
-            f"{directory} is in use by {holder} ({path.name}); wait for it to finish or use another --out"
-        ) from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()} on {platform.node()}")
-    f.flush()
-    try:
-        yield
-    finally:
-        f.close()  # closing releases the lock
-
-
-def records(df: pd.DataFrame) -> list[dict]:
-    """Rows of a table as dicts, with missing cells as None. A chunk that mixes rows with and without
-    a column (an unusable item beside good ones) comes back from parquet with NaN in those cells, and
-    NaN is neither None nor a value: ``len(nan)`` fails, ``nan is not None`` passes."""
-    return df.astype(object).where(df.notna(), None).to_dict("records")
+    write_json(path, config)
 
 
 def score(
@@ -292,7 +200,7 @@ def _score(
             write_parquet(pd.DataFrame(rows), run.part("generations", k))
         if todo:  # a call that finds everything done keeps the timings of the call that did the work
             timings = {"chunks": len(todo), "seconds": {"generate": t_model}}
-            _write_json(out / f"timings.generate.rank{rank}.json", timings)
+            write_json(out / f"timings.generate.rank{rank}.json", timings)
         write_parquet(
             run.read_parts("generations", mine), run.tables / f"generations.rank{rank}-of-{world}.parquet"
         )
@@ -313,10 +221,8 @@ def _score(
             write_parquet(run.read_parts(table, mine), run.tables / f"{table}.rank{rank}-of-{world}.parquet")
         if todo:
             timings = {"chunks": len(todo), "seconds": dict(scorers.timer.seconds)}
-            _write_json(out / f"timings.score.rank{rank}.json", timings)
+            write_json(out / f"timings.score.rank{rank}.json", timings)
     if world == 1:
-        from evaluation.summary import merge
-
         merge(out)
     return run
 

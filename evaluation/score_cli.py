@@ -12,7 +12,7 @@ from valle.synthesize import add_watermark_args
 RAW = argparse.RawDescriptionHelpFormatter
 
 
-def _testset_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+def add_testset_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     src = p.add_mutually_exclusive_group(required=required)
     src.add_argument("--manifest", type=Path, help="utterance manifest (JSONL) to build a test set from")
     src.add_argument("--testset", type=Path, help="a test set written by `valle testset`")
@@ -27,7 +27,7 @@ def _testset_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--testset-seed", type=int, default=0, help="seed of the prompt choice")
 
 
-def _load_testset(args) -> TestSet:
+def load_testset(args) -> TestSet:
     if args.testset:
         return TestSet.load(args.testset)
     if args.seed_tts_meta:
@@ -73,7 +73,7 @@ def add_parser(sub) -> None:
         "      --out runs/ts.jsonl",
         formatter_class=RAW,
     )
-    _testset_args(p)
+    add_testset_args(p)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=run_testset)
 
@@ -93,7 +93,7 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--generator", required=True, help="valle:<checkpoint> | command:<template> | folder:<dir>"
     )
-    _testset_args(p)
+    add_testset_args(p)
     p.add_argument("--out", type=Path, required=True, help="run directory")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument(
@@ -129,7 +129,7 @@ def add_parser(sub) -> None:
 
 
 def run_testset(args) -> int:
-    ts = _load_testset(args)
+    ts = load_testset(args)
     ts.save(args.out)
     bad = ts.problems
     print(f"{args.out}: {len(ts.items)} items ({len(bad)} unusable), excluded {ts.excluded or 'none'}")
@@ -166,7 +166,7 @@ def run_score(args) -> int:
         watermark=watermark,
     )
     stages = tuple(args.stage) if args.stage else STAGES
-    score(args.out, _load_testset(args), options, stages, progress=not args.quiet)
+    score(args.out, load_testset(args), options, stages, progress=not args.quiet)
     rank, world = rank_world()
     if world > 1:
         print(f"rank {rank} of {world} done; when every rank has finished: valle merge {args.out}")

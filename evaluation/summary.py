@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from evaluation.flags import FLAG_NAMES
-from evaluation.run import STAGES, TABLE_OF_STAGE, Run, _write_json, write_parquet
+from evaluation.rundir import STAGES, TABLE_OF_STAGE, Run, write_json, write_parquet
 from evaluation.stats import mean_ci, paired_mean_diff_ci, paired_ratio_diff_ci, ratio_ci
 
 CHARGED = ("ok", "generation_failed", "invalid_audio")  # rows whose errors count against the generator
@@ -91,7 +91,7 @@ def merge(out: str | Path) -> dict:
     if "scores" not in merged:
         return {}
     summary = summarize(merged["scores"], merged.get("references"), config)
-    _write_json(run.dir / "summary.json", summary, sort_keys=False)  # metrics in reading order
+    write_json(run.dir / "summary.json", summary, sort_keys=False)  # metrics in reading order
     return summary
 
 

@@ -14,6 +14,8 @@ from scipy.stats import norm
 from detection.metrics import compute_eer, rates_at, threshold_at_far
 from evaluation.asv import (
     GATED_SCORE,
+    REPORT_FILE,
+    TRIALS_FILE,
     AsvConfig,
     asv_report,
     enrol,
@@ -21,7 +23,7 @@ from evaluation.asv import (
     trial_table,
     trials_from_embeddings,
 )
-from evaluation.asv_cli import REPORT_FILE, TRIALS_FILE, add_parser, read_spoof_rows
+from evaluation.asv_cli import add_parser, read_spoof_rows
 
 # ----------------------------------------------------------------------------- constructed embeddings
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from evaluation.audit import STAGES, AuditOptions, run_audit, stage_plan
+from evaluation.audit import STAGES, AuditOptions, stage_plan
+from evaluation.audit_stages import run_audit
 from evaluation.demo_testset import DEMO_DIR, demo_testset
 from evaluation.testset import TestSet
 

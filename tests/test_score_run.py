@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from evaluation.generators import CommandGenerator, GenRequest, load_generator
-from evaluation.run import RunLockedError, RunOptions, exclusive, records, score
+from evaluation.run import RunOptions, score
+from evaluation.rundir import RunLockedError, exclusive, records
 from evaluation.scoring import Scorers
 from evaluation.summary import compare_runs, merge
 from evaluation.testset import TestSet, TestSetOptions, build_test_set, cut_prompt
@@ -183,7 +184,7 @@ def test_a_second_writer_is_refused_and_a_killed_writers_lock_does_not_block(set
             score(tmp_path, ts, options, ("generate",), progress=False)
     # a process that took the lock and died by SIGKILL: the kernel released it
     hold = (
-        "import time; from pathlib import Path; from evaluation.run import exclusive\n"
+        "import time; from pathlib import Path; from evaluation.rundir import exclusive\n"
         f"with exclusive(Path({str(tmp_path)!r}), 'audit'):\n    print('locked', flush=True); time.sleep(60)"
     )
     holder = subprocess.Popen([sys.executable, "-c", hold], cwd=ROOT, stdout=subprocess.PIPE, text=True)
