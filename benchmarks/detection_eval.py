@@ -15,7 +15,7 @@ Data (offline):
 
 Generated audio is cached under ``runs/bench_detection/`` (reruns reuse it).
 
-Protocols (``evaluation.detect_data.split``, seed 0, test fraction 0.3, speaker-disjoint): ``standard``
+Protocols (``detection.split.split``, seed 0, test fraction 0.3, speaker-disjoint): ``standard``
 (every generator in train and test) and ``heldout_valle`` (trained on espeak + piper + melvq; tested on
 the test speakers' bona fide clips vs the valle clones of those speakers). Detectors: ``lfcc-gmm``
 (64 components), ``lfcc-lr`` and ``lcnn`` (small), each with the shortcut controls (silence trim +
@@ -47,9 +47,11 @@ import torch
 from results_io import write_result
 from threadpoolctl import threadpool_limits
 
+from detection.evaluate import degrade, evaluate
 from detection.metrics import rates_at
-from evaluation.detect_cli import build_detector, degradations, degrade, evaluate, fit_and_calibrate
-from evaluation.detect_data import Clip, load_clip_audio, split
+from detection.split import Clip, split
+from detection.train import build_detector, fit_and_calibrate
+from evaluation.detect_data import degradations, load_clip_audio
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "real_speech"

@@ -32,7 +32,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from detection.evaluate import SCORES_FILE, eval_report, evaluate, write_eval
+from detection.split import Clip, split
+from detection.train import CALIBRATION_FOLDS, build_detector, fit_and_calibrate, save_model
 from evaluation.audit import STAGES, Audit, AuditOptions, StageResult, default_keys, stage_plan
+from evaluation.detect_data import degradations, load_clip_audio
 from evaluation.profiles import check_profile
 from evaluation.rundir import exclusive
 from evaluation.testset import TestSet
@@ -202,9 +206,6 @@ def generated_rows(audit: Audit) -> list[dict]:
 
 
 def stage_detect(audit: Audit, progress: bool = True) -> dict:
-    from evaluation import detect_cli as dc
-    from evaluation.detect_data import Clip, load_clip_audio, split
-
     o, p = audit.options, audit.cache["profile"]
     name = audit.options.generator.partition(":")[0]
     clips = [
@@ -219,23 +220,21 @@ def stage_detect(audit: Audit, progress: bool = True) -> dict:
     sp = split(clips, o.detect_test_fraction, o.seed)
 
     def make():
-        return dc.build_detector(p.detector, p.detector_size, controls=True, seed=o.seed)
+        return build_detector(p.detector, p.detector_size, controls=True, seed=o.seed)
 
     detector = make()
     train_audio = load_clip_audio(sp.train, progress=progress)
     train_speakers = len({c.speaker for c in sp.train})
-    folds = dc.CALIBRATION_FOLDS if train_speakers >= dc.CALIBRATION_FOLDS else 0
-    calibration = dc.fit_and_calibrate(detector, sp.train, train_audio, folds=folds, make=make, seed=o.seed)
-    dc.save_model(detector, audit.dir / "detect" / "detector", sp.description)
-    attacks = dc.degradations(",".join(o.detect_degradations)) if o.detect_degradations else []
+    folds = CALIBRATION_FOLDS if train_speakers >= CALIBRATION_FOLDS else 0
+    calibration = fit_and_calibrate(detector, sp.train, train_audio, folds=folds, make=make, seed=o.seed)
+    save_model(detector, audit.dir / "detect" / "detector", sp.description)
+    attacks = degradations(",".join(o.detect_degradations)) if o.detect_degradations else []
     test_audio = load_clip_audio(sp.test, progress=progress)
-    metrics, scores = dc.evaluate(detector, sp.test, test_audio, attacks, o.bootstrap, o.seed)
-    report = dc.eval_report(
-        "detect/detector", detector, sp.description, attacks, o.bootstrap, o.seed, metrics
-    )
+    metrics, scores = evaluate(detector, sp.test, test_audio, attacks, o.bootstrap, o.seed)
+    report = eval_report("detect/detector", detector, sp.description, attacks, o.bootstrap, o.seed, metrics)
     report["model"]["calibration"] = calibration
-    dc.write_eval(audit.dir / "detect", report, scores)
-    shutil.copyfile(audit.dir / "detect" / dc.SCORES_FILE, audit.dir / "tables" / "detector.parquet")
+    write_eval(audit.dir / "detect", report, scores)
+    shutil.copyfile(audit.dir / "detect" / SCORES_FILE, audit.dir / "tables" / "detector.parquet")
     audit.backends["detector"] = {"backend": detector.kind, "name": detector.name}
     note = None if folds else f"in-sample EER threshold: only {train_speakers} training speaker(s)"
     return {"n": len(sp.test), "n_failed": 0, "note": note}

@@ -474,7 +474,7 @@ class ResolvedProfile:
     codec_weights: str | None  # Generator(codec_weights=...): None = the codec's default place
     encodec_weights: str | None  # official EnCodec file for the attack bank; None where absent (offline)
     detector: str
-    detector_size: str  # evaluation.detect_cli.build_detector size
+    detector_size: str  # detection.train.build_detector size
     quality: str
     checkpoint: dict | None  # check_checkpoint's dict
     files: tuple[dict, ...]  # {role, what, path, sha256}: what a run's config.json records

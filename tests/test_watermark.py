@@ -1,8 +1,5 @@
 from __future__ import annotations
 
-import ast
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -75,18 +72,3 @@ def test_check_wav_accepts_usable_audio():
     check_wav(np.zeros(10, np.float32), 16000, "silence")  # silence is fine unless refused explicitly
     check_wav(np.ones(10, np.float64) * 0.1, np.int64(48000), "clip", allow_silent=False)
     assert WATERMARKERS == ("perth", "audioseal")
-
-
-def test_watermark_is_a_leaf_package():
-    """``watermark`` may import third-party libraries but none of the project's other packages."""
-    forbidden = {"valle", "evaluation", "detection", "reports"}
-    for path in sorted((Path(__file__).resolve().parents[1] / "watermark").rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0:
-                names = [node.module or ""]
-            else:
-                continue
-            bad = [n for n in names if n.split(".")[0] in forbidden]
-            assert not bad, f"{path.name}:{node.lineno} imports {bad}"
