@@ -97,8 +97,7 @@ def main() -> int:
         **headline(card),
     }
     data = (
-        "`make demo` on a fresh clone: demo checkpoint, committed demo test set + "
-        "../shared/data/real_speech "
+        "`make demo` on a fresh clone: demo checkpoint, committed demo test set "
         f"({n_items} items, offline profile, 1 seed)"
     )
     print(json.dumps(figures, indent=2))

@@ -15,7 +15,7 @@ from scipy.special import expit
 from detection.features import Controls, check_wav, preprocess
 from detection.io import DetectorFileError, load_model_dir, read_meta, save_model_dir
 
-Clip = tuple[np.ndarray, int]  # (mono waveform [N], sample rate)
+Waveform = tuple[np.ndarray, int]  # (mono waveform [N], sample rate); a labelled clip is detection.split.Clip
 CLASS_NAMES = {1: "bona fide", 0: "spoof"}
 
 
@@ -24,11 +24,11 @@ class Detector(Protocol):
     name: str
     controls: Controls
 
-    def fit(self, wavs: list[Clip], labels: np.ndarray, progress: bool = False) -> Detector: ...
+    def fit(self, wavs: list[Waveform], labels: np.ndarray, progress: bool = False) -> Detector: ...
 
-    def score(self, wavs: list[Clip]) -> np.ndarray: ...
+    def score(self, wavs: list[Waveform]) -> np.ndarray: ...
 
-    def p_spoof(self, wavs: list[Clip]) -> np.ndarray: ...
+    def p_spoof(self, wavs: list[Waveform]) -> np.ndarray: ...
 
     def save(self, path: Path) -> None: ...
 
@@ -36,7 +36,7 @@ class Detector(Protocol):
     def load(cls, path: Path) -> Detector: ...
 
 
-def check_training_set(wavs: list[Clip], labels: np.ndarray) -> np.ndarray:
+def check_training_set(wavs: list[Waveform], labels: np.ndarray) -> np.ndarray:
     """Validate a training set; returns labels as int64 ``[n]``. Errors name the empty class or bad clip."""
     labels = np.asarray(labels)
     if labels.ndim != 1:
@@ -55,7 +55,7 @@ def check_training_set(wavs: list[Clip], labels: np.ndarray) -> np.ndarray:
     return labels
 
 
-def _as_clip(item: object, i: int) -> Clip:
+def _as_clip(item: object, i: int) -> Waveform:
     if not isinstance(item, tuple | list) or len(item) != 2:
         raise ValueError(f"clip {i}: expected a (waveform, sample_rate) pair, got {type(item).__name__}")
     wav, sr = item
@@ -83,18 +83,20 @@ class BaseDetector:
         self._fitted = False
 
     # -- features -------------------------------------------------------------------------------
-    def _preprocess(self, wavs: list[Clip], progress: bool = False, desc: str = "preprocess") -> list[Clip]:
+    def _preprocess(
+        self, wavs: list[Waveform], progress: bool = False, desc: str = "preprocess"
+    ) -> list[Waveform]:
         if len(wavs) == 0:
             raise ValueError("no clips given")
         clips = [_as_clip(item, i) for i, item in enumerate(wavs)]
         return [preprocess(w, sr, self.controls) for w, sr in progress_iter(clips, progress, desc)]
 
-    def _features(self, clips: list[Clip]) -> list[np.ndarray]:
+    def _features(self, clips: list[Waveform]) -> list[np.ndarray]:
         """Per-clip features ``[T, D]`` of already preprocessed clips (subclasses choose the front end)."""
         raise NotImplementedError
 
     # -- interface ------------------------------------------------------------------------------
-    def fit(self, wavs: list[Clip], labels: np.ndarray, progress: bool = False) -> BaseDetector:
+    def fit(self, wavs: list[Waveform], labels: np.ndarray, progress: bool = False) -> BaseDetector:
         labels = check_training_set(wavs, labels)
         start = time.perf_counter()
         clips = self._preprocess(wavs, progress, "preprocess")
@@ -113,14 +115,14 @@ class BaseDetector:
         self._fitted = True
         return self
 
-    def score(self, wavs: list[Clip], progress: bool = False) -> np.ndarray:
+    def score(self, wavs: list[Waveform], progress: bool = False) -> np.ndarray:
         """Countermeasure scores ``[n]`` (log-odds of bona fide; higher = more bona fide)."""
         if not self._fitted:
             raise RuntimeError(f"{self.name}: detector is not fitted; call fit() or load a saved model")
         clips = self._preprocess(wavs, progress, "score")
         return np.asarray(self._score(self._features(clips)), dtype=np.float64)
 
-    def p_spoof(self, wavs: list[Clip]) -> np.ndarray:
+    def p_spoof(self, wavs: list[Waveform]) -> np.ndarray:
         """Probability of synthetic speech ``[n]`` = sigmoid(-score) (equal class priors)."""
         return expit(-self.score(wavs))
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from detection.base import BaseDetector, Clip, get_array, progress_iter
+from detection.base import BaseDetector, Waveform, get_array, progress_iter
 from detection.features import Controls, LfccConfig, lfcc, logmel
 from detection.io import DetectorFileError
 
@@ -172,7 +172,7 @@ class LcnnDetector(BaseDetector):
     def hop_ms(self) -> float:
         return self.lfcc_config.hop_ms if self.feature == "lfcc" else 10.0
 
-    def _features(self, clips: list[Clip]) -> list[np.ndarray]:
+    def _features(self, clips: list[Waveform]) -> list[np.ndarray]:
         if self.feature == "lfcc":
             return [lfcc(w, sr, config=self.lfcc_config) for w, sr in clips]
         return [logmel(w, sr, n_mels=self.n_mels) for w, sr in clips]

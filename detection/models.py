@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detection.base import CLASS_NAMES, BaseDetector, Clip, get_array, progress_iter
+from detection.base import CLASS_NAMES, BaseDetector, Waveform, get_array, progress_iter
 from detection.features import Controls, LfccConfig, lfcc
 from detection.io import DetectorFileError, read_meta
 
@@ -46,7 +46,7 @@ class _LfccDetector(BaseDetector):
         super().__init__(controls, name)
         self.lfcc_config = lfcc_config or LfccConfig.gmm()
 
-    def _features(self, clips: list[Clip]) -> list[np.ndarray]:
+    def _features(self, clips: list[Waveform]) -> list[np.ndarray]:
         cfg = self.lfcc_config
         return [lfcc(w, sr, n_lfcc=cfg.n_lfcc, deltas=cfg.deltas, config=cfg) for w, sr in clips]
 

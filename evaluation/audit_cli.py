@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from evaluation.audit import STAGES, AuditOptions
-from evaluation.demo_testset import DEFAULT_REAL
 
 EXAMPLES = """examples:
   valle audit                                   # demo checkpoint + committed demo test set, offline
@@ -30,8 +29,8 @@ def add_parser(sub) -> None:
         "audit",
         help="the main job: generate -> verify -> score -> detect -> ASV bypass -> watermark -> scorecard",
         description="Runs every stage of the audit into one run directory and writes "
-        "scorecard.{json,md,html}.\nWithout a test set option it uses the committed demo test set, plus "
-        "real recordings from\n../shared/data/real_speech when that folder exists.",
+        "scorecard.{json,md,html}.\nWithout a test set option it uses the committed demo test set "
+        "(plus --extra-real recordings when given).",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -43,10 +42,12 @@ def add_parser(sub) -> None:
     p.add_argument("--profile", choices=("offline", "paper"), default="offline", help="default: %(default)s")
     add_testset_args(p, required=False)  # default: the demo test set
     p.add_argument(
-        "--real",
+        "--extra-real",
         type=Path,
-        default=DEFAULT_REAL,
-        help="demo test set only: add real recordings from this manifest when it exists",
+        default=None,
+        metavar="MANIFEST",
+        help="demo test set only: add real recordings of up to 6 speakers from this manifest "
+        "(e.g. ../shared/data/real_speech/manifest.jsonl); default: none",
     )
     p.add_argument(
         "--out", type=Path, default=Path("runs/audit"), help="run directory (default: %(default)s)"
@@ -86,7 +87,7 @@ def _testset(args):
 
     if args.manifest or args.testset or args.seed_tts_meta:
         return load_testset(args)
-    return demo_testset(args.real)
+    return demo_testset(args.extra_real)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -38,6 +38,7 @@ from detection.train import CALIBRATION_FOLDS, build_detector, fit_and_calibrate
 from evaluation.audit import STAGES, Audit, AuditOptions, StageResult, default_keys, stage_plan
 from evaluation.detect_data import degradations, load_clip_audio
 from evaluation.profiles import check_profile
+from evaluation.run import build_run_options, score
 from evaluation.rundir import exclusive
 from evaluation.testset import TestSet
 
@@ -85,9 +86,6 @@ def _keys(audit: Audit):
 
 
 def _run_options(audit: Audit, generate: bool):
-    from evaluation.run import RunOptions
-    from evaluation.scoring import ScoringConfig
-
     p, o = audit.cache["profile"], audit.options
     watermark = None
     if generate and _is_valle(audit):
@@ -96,19 +94,18 @@ def _run_options(audit: Audit, generate: bool):
         watermark = {"watermarker": _watermarker(audit), "key": key, "signer": signer}
         if p.codec_weights is not None:
             watermark["codec_weights"] = p.codec_weights
-    return RunOptions(
-        generator=o.generator,
+    return build_run_options(
+        o.generator,
         seeds=o.seeds,
         chunk_size=o.chunk_size,
         device=o.device,
-        scoring=ScoringConfig(
-            asr=p.asr,
-            asr_model=p.asr_model,
-            speaker=p.speaker,
-            speaker_model=p.speaker_model,
-            quality=o.quality,
-        ),
-        valle_options=(("sampling", dict(o.sampling)),) if _is_valle(audit) and o.sampling else (),
+        asr=p.asr,
+        asr_model=p.asr_model,
+        speaker=p.speaker,
+        speaker_model=p.speaker_model,
+        quality=o.quality,
+        vad=True,  # the audit always measures silence
+        sampling=o.sampling or None,
         watermark=watermark,
     )
 
@@ -117,8 +114,6 @@ def _run_options(audit: Audit, generate: bool):
 
 
 def stage_generate(audit: Audit, progress: bool = True) -> dict:
-    from evaluation.run import score
-
     score(audit.dir, audit.testset, _run_options(audit, generate=True), ("generate",), progress=progress)
     gens = _table(audit, "generations", "generate")
     audit.backends["generator"] = json.loads((audit.dir / "config.json").read_text()).get("generator")
@@ -167,7 +162,6 @@ def stage_verify(audit: Audit, progress: bool = True) -> dict:
 
 
 def stage_score(audit: Audit, progress: bool = True) -> dict:
-    from evaluation.run import score
     from evaluation.scoring import Scorers
 
     options = _run_options(audit, generate=False)

@@ -7,9 +7,10 @@ themselves are corpus voices, so this is zero-shot in text, not in speaker). The
 committed, so the default audit needs neither the engines' exact builds nor a network; rebuild
 with ``python -m evaluation.demo_testset`` (same library versions give the same files).
 
-When ``../shared/data/real_speech/manifest.jsonl`` exists, :func:`real_rows` adds up to
-``max_speakers`` real speakers with at least two usable recordings each (two targets per speaker),
-so the detector and the voice-authentication stage see real speech on both sides.
+Given an explicit manifest of real recordings (``valle audit --extra-real M``), :func:`real_rows` adds
+up to ``max_speakers`` real speakers with at least two usable recordings each (two targets per
+speaker), so the detector and the voice-authentication stage see real speech on both sides. Nothing
+outside the repository is read unless asked for.
 
 The test set itself is built by :func:`evaluation.testset.build_test_set` with the VALL-E
 cross-sentence protocol (a 3 s prompt cut from another utterance of the same speaker).
@@ -23,7 +24,6 @@ from pathlib import Path
 from evaluation.testset import TestSet, TestSetOptions, build_test_set
 
 DEMO_DIR = Path(__file__).parent / "testsets" / "demo"
-DEFAULT_REAL = Path("../shared/data/real_speech/manifest.jsonl")
 ESPEAK_VOICES, PIPER_VOICES, PER_SPEAKER = 4, 2, 2
 MIN_WORDS, MAX_WORDS = 10, 13  # 2-5 s at these voices' rates
 # below the paper's 4 s floor: eSpeak NG reads these sentences in 2-5 s, and short targets keep the
@@ -97,15 +97,17 @@ def real_rows(manifest: str | Path, max_speakers: int = 6, per_speaker: int = PE
     return [(targets, all_utts) for _, targets, all_utts in chosen]
 
 
-def demo_testset(real_manifest: str | Path | None = DEFAULT_REAL, max_real_speakers: int = 6) -> TestSet:
-    """The committed demo items plus, when ``real_manifest`` exists, real-speech items."""
+def demo_testset(real_manifest: str | Path | None = None, max_real_speakers: int = 6) -> TestSet:
+    """The committed demo items plus, with ``real_manifest`` (which must exist), real-speech items."""
     from valle.manifest import read_manifest
 
     utts = read_manifest(DEMO_DIR / "manifest.jsonl")
     source = "evaluation/testsets/demo (offline corpus tools, held-out sentences)"
     demo = build_test_set(utts, DEMO_OPTIONS, source=source)
     items, excluded = list(demo.items), dict(demo.excluded)
-    if real_manifest is not None and Path(real_manifest).is_file():
+    if real_manifest is not None:
+        if not Path(real_manifest).is_file():
+            raise FileNotFoundError(f"real recordings manifest {real_manifest} not found")
         for targets, all_utts in real_rows(real_manifest, max_real_speakers):
             ids = {u.id for u in targets}
             items += [it for it in build_test_set(all_utts, DEMO_OPTIONS).items if it.id in ids]

@@ -65,6 +65,42 @@ class RunOptions:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
 
 
+def build_run_options(
+    generator: str,
+    *,
+    seeds: tuple[int, ...],
+    chunk_size: int,
+    device: str,
+    asr: str,
+    asr_model: str | None,
+    speaker: str,
+    speaker_model: str | None,
+    quality: bool,
+    vad: bool,
+    sampling: dict | None = None,
+    watermark: dict | None = None,
+) -> RunOptions:
+    """The one place ``RunOptions`` are built (``valle score`` and the audit), so the two cannot drift.
+    ``sampling`` and ``watermark`` apply to ``valle:`` generators only."""
+    valle = generator.startswith("valle:")
+    return RunOptions(
+        generator=generator,
+        seeds=tuple(seeds),
+        chunk_size=chunk_size,
+        device=device,
+        scoring=ScoringConfig(
+            asr=asr,
+            asr_model=asr_model,
+            speaker=speaker,
+            speaker_model=speaker_model,
+            quality=quality,
+            vad=vad,
+        ),
+        valle_options=(("sampling", dict(sampling)),) if valle and sampling else (),
+        watermark=watermark if valle else None,
+    )
+
+
 def rank_world() -> tuple[int, int]:
     """(RANK, WORLD_SIZE) from torchrun's environment; (0, 1) outside it."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))

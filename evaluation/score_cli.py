@@ -139,31 +139,25 @@ def run_testset(args) -> int:
 
 
 def run_score(args) -> int:
-    from evaluation.run import STAGES, RunOptions, rank_world, score
-    from evaluation.scoring import ScoringConfig
+    from evaluation.run import STAGES, build_run_options, rank_world, score
     from valle.synthesize import watermark_setup
 
-    valle_options, watermark = {}, None
-    if args.generator.startswith("valle:"):
-        valle_options = {
-            "sampling": {"top_p": args.top_p, "temperature": args.temperature, "ras": not args.no_ras}
-        }
-        watermark = watermark_setup(args, args.device)
-    options = RunOptions(
-        generator=args.generator,
+    valle = args.generator.startswith("valle:")
+    options = build_run_options(
+        args.generator,
         seeds=tuple(args.seeds),
         chunk_size=args.chunk_size,
         device=args.device,
-        scoring=ScoringConfig(
-            asr=args.asr,
-            asr_model=args.asr_model,
-            speaker=args.speaker,
-            speaker_model=args.speaker_model,
-            quality=not args.no_quality,
-            vad=not args.no_vad,
-        ),
-        valle_options=tuple(valle_options.items()),
-        watermark=watermark,
+        asr=args.asr,
+        asr_model=args.asr_model,
+        speaker=args.speaker,
+        speaker_model=args.speaker_model,
+        quality=not args.no_quality,
+        vad=not args.no_vad,
+        sampling={"top_p": args.top_p, "temperature": args.temperature, "ras": not args.no_ras}
+        if valle
+        else None,
+        watermark=watermark_setup(args, args.device) if valle else None,
     )
     stages = tuple(args.stage) if args.stage else STAGES
     score(args.out, load_testset(args), options, stages, progress=not args.quiet)

@@ -3,7 +3,7 @@
 Stage 1 checks the codec and ASR; stage 2 (when the demo checkpoint is present) runs VALL-E.
 
 Synthesises a few held-out sentences with the bundled engines (eSpeak NG voices and Piper), adds
-two real recordings when ``../shared/data/real_speech`` is present, round-trips each through the
+two real recordings from ``--extra-real MANIFEST`` when given, round-trips each through the
 codec, transcribes original and round trip with the bundled Whisper tiny.en, and prints a
 per-utterance table and the WER of both. It proves that speech synthesis, the codec, ASR and WER
 scoring all work on this machine with no download.
@@ -32,10 +32,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", type=Path, default=None, help="codec weights (default: packaged/cache)")
     p.add_argument("--out", type=Path, default=Path("runs/smoke"), help="where results.json is written")
     p.add_argument(
-        "--real",
+        "--extra-real",
         type=Path,
-        default=Path("../shared/data/real_speech/manifest.jsonl"),
-        help="also round-trip 2 real recordings from this manifest when it exists (default: %(default)s)",
+        default=None,
+        metavar="MANIFEST",
+        help="also round-trip 2 real recordings from this manifest (default: none)",
     )
     p.add_argument(
         "--checkpoint",
@@ -107,11 +108,11 @@ def run(args: argparse.Namespace) -> int:
         (spk.id, sent.id, sent.text, lambda s=spk, t=sent.text: synth(s, t))
         for spk, sent in zip(speakers, sentences, strict=False)
     ]
-    if args.real and args.real.is_file():
+    if args.extra_real is not None:
         from valle.audio import load_audio
         from valle.manifest import read_manifest
 
-        real = [u for u in read_manifest(args.real) if u.duration and 3.0 <= u.duration <= 6.0][:2]
+        real = [u for u in read_manifest(args.extra_real) if u.duration and 3.0 <= u.duration <= 6.0][:2]
         items += [(u.speaker, u.id, u.text, lambda u=u: load_audio(u.audio)) for u in real]
     rows = []
     for speaker, item_id, text, load in items:

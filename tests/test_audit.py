@@ -58,6 +58,18 @@ def audited(tmp_path_factory, valle_home, small_testset, one_torch_thread):
     return out, audit
 
 
+def test_the_default_test_set_reads_nothing_outside_the_repository(real_speech_dir, tmp_path):
+    inside = str(DEMO_DIR.resolve())
+    default = demo_testset()
+    assert all(it.target_audio.startswith(inside) for it in default.items)
+    with pytest.raises(FileNotFoundError, match=r"gone\.jsonl not found"):
+        demo_testset(tmp_path / "gone.jsonl")
+    extra = demo_testset(real_speech_dir / "manifest.jsonl")  # only when asked for
+    real = [it for it in extra.items if not it.target_audio.startswith(inside)]
+    assert len(extra.items) == len(default.items) + len(real) and real
+    assert all(it.target_audio.startswith(str(real_speech_dir.resolve())) for it in real)
+
+
 def test_demo_testset_is_committed_and_valid():
     from valle.manifest import read_manifest
 
