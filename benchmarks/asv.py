@@ -17,8 +17,8 @@ from pathlib import Path
 
 from results_io import write_result
 
-from evaluation.asv import AsvConfig, run_asv
-from evaluation.asv_cli import read_real_rows
+from evaluation.bypass.asv import AsvConfig, run_asv
+from evaluation.cli.asv import read_real_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 

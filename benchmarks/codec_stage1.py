@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from results_io import write_result
 
-from evaluation.asr import FasterWhisperASR
-from evaluation.wer import word_error_rate
+from evaluation.scorers.asr import FasterWhisperASR
+from evaluation.scorers.wer import word_error_rate
 from valle.audio import load_audio
 from valle.codec import load_codec
 from valle.codec.contentvq import content_view, dct_matrix, nearest, smooth_time

@@ -97,8 +97,8 @@ def speaker_figures(chosen: dict[str, list[Utterance]]) -> dict[str, float]:
 
 
 def asr_figures(chosen: dict[str, list[Utterance]], per_speaker: int) -> dict[str, float]:
-    from evaluation.asr import FasterWhisperASR
-    from evaluation.wer import word_error_rate
+    from evaluation.scorers.asr import FasterWhisperASR
+    from evaluation.scorers.wer import word_error_rate
     from valle.audio import load_audio
 
     asr = FasterWhisperASR()

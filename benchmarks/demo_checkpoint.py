@@ -25,8 +25,8 @@ import torch
 from results_io import write_result
 from tqdm import tqdm
 
-from evaluation.asr import FasterWhisperASR
-from evaluation.wer import word_error_rate
+from evaluation.scorers.asr import FasterWhisperASR
+from evaluation.scorers.wer import word_error_rate
 from valle.audio import load_audio
 from valle.corpus.sentences import heldout_sentences
 from valle.generate import GenerationOptions

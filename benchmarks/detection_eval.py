@@ -51,7 +51,7 @@ from detection.evaluate import degrade, evaluate
 from detection.metrics import rates_at
 from detection.split import Clip, split
 from detection.train import build_detector, fit_and_calibrate
-from evaluation.detect_data import degradations, load_clip_audio
+from evaluation.testsets.detector_data import degradations, load_clip_audio
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "real_speech"

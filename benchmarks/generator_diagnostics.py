@@ -25,7 +25,7 @@ from pathlib import Path
 
 from results_io import RESULTS, write_result
 
-from evaluation.cli import main as valle
+from evaluation.cli.main import main as valle
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "data" / "real_speech" / "manifest.jsonl"

@@ -27,7 +27,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "ras_ab")
     args = ap.parse_args()
-    valle = [sys.executable, "-m", "evaluation.cli"]
+    valle = [sys.executable, "-m", "evaluation.cli.main"]
     common = ["audit", "--seeds", "0", "1", "--no-quality", "--quiet"]
     on, off = args.out / "ras_on", args.out / "ras_off"
     for out, extra in ((on, []), (off, ["--no-ras"])):

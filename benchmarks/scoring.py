@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # The child reports its own peak: RUSAGE_CHILDREN would give the max over every child so far.
 CHILD = (
     "import resource, sys\n"
-    "from evaluation.cli import main\n"
+    "from evaluation.cli.main import main\n"
     "rc = main(sys.argv[1:])\n"
     "print(f'PEAK_RSS_KIB {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}', file=sys.stderr)\n"
     "sys.exit(rc)\n"

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evaluation.asr import FasterWhisperASR
-from evaluation.wer import word_error_rate
+from evaluation.scorers.asr import FasterWhisperASR
+from evaluation.scorers.wer import word_error_rate
 from valle.audio import load_audio
 from valle.checkpoint import Checkpoint
 from valle.codec.base import Codec

@@ -155,7 +155,8 @@ class RunInputs:
         return out, problem
 
     def _timing(self, stage: str) -> float | None:
-        # evaluation.run writes timings.<stage>.rank<k>.json: {"seconds": {part: s}}; ranks run in parallel
+        # evaluation.runs.run writes timings.<stage>.rank<k>.json: {"seconds": {part: s}};
+        # ranks run in parallel
         best = None
         for p in sorted(self.run_dir.glob(f"timings.{stage}.*.json")):
             try:

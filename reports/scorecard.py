@@ -81,7 +81,7 @@ DEFINITIONS = {
     "number": "{value, low, high, n, backend}: low/high bound a 95% interval (null when none exists; "
     "the note says why), n = units behind the value, backend = the model that produced it; counts "
     "(note 'count') are integers without an interval",
-    "intervals": "summary.json intervals as given (evaluation.summary: bootstrap over items); detector "
+    "intervals": "summary.json intervals as given (evaluation.runs.summary: bootstrap over items); detector "
     "EER and ASV intervals: percentile bootstrap from eval.json / asv_report.json; rates given only as "
     "counts (verify verdicts, watermark TPR/FPR without bounds, rates at a stored threshold): Wilson "
     "score interval computed here, scipy.stats.binomtest(k, n).proportion_ci(method='wilson')",
@@ -89,7 +89,7 @@ DEFINITIONS = {
     "ceiling": "the same scorer on the real target recordings (what a perfect clone would score)",
     "sim_prompt": "cosine of speaker embeddings, generated vs prompt audio (VALL-E SIM)",
     "sim_target": "cosine of speaker embeddings, generated vs real target utterance",
-    "flags": "share of rows a loop / hallucination / failure rule flags (evaluation/flags.py)",
+    "flags": "share of rows a loop / hallucination / failure rule flags (evaluation/scorers/flags.py)",
     "dnsmos": "DNSMOS P.835 predicted MOS (signal, background, overall), 1-5",
     "verified_rate": "share of generated files whose verify verdict is 'authentic'",
     "watermark_tpr": "share of attacked generated clips in which the mark is detected",

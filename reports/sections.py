@@ -33,7 +33,7 @@ SIMILARITY = ("sim_prompt", "sim_target", "ceiling_sim_target_prompt")
 QUALITY = ("dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak", "dnsmos_p808", "ceiling_dnsmos_ovrl")
 FLAG_EXTRA = ("repetition_ratio", "duration_ratio")
 WATERMARK_SUMMARY = ("watermark_verified_rate",)
-# which scorer decides each flag (evaluation/flags.py): the backend shown next to its rate
+# which scorer decides each flag (evaluation/scorers/flags.py): the backend shown next to its rate
 FLAG_SOURCE = {
     "transcript_repetition": "asr",
     "transcript_compression": "asr",

@@ -69,7 +69,8 @@ def test_no_import_circles():
 
 
 def is_cli(mod: str) -> bool:
-    return mod.rsplit(".", 1)[-1] == "cli" or mod.endswith("_cli")
+    """``evaluation.cli`` and everything in it, and the command modules of the leaf packages."""
+    return mod == "evaluation.cli" or mod.startswith("evaluation.cli.") or mod.endswith((".cli", "_cli"))
 
 
 def test_library_code_never_imports_a_command_line_module():

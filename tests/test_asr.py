@@ -9,7 +9,7 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
-from evaluation.asr import (
+from evaluation.scorers.asr import (
     WHISPER_SR,
     ASROptions,
     FasterWhisperASR,

@@ -1,4 +1,4 @@
-"""ASV bypass harness (evaluation/asv.py): calibration on constructed trials with known score
+"""ASV bypass harness (evaluation/bypass/asv.py): calibration on constructed trials with known score
 distributions, CM gating, and the real pipeline (eSpeak NG voices -> Resemblyzer -> report -> CLI)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from scipy.stats import norm
 
 from detection.metrics import compute_eer, rates_at, threshold_at_far
-from evaluation.asv import (
+from evaluation.bypass.asv import (
     GATED_SCORE,
     REPORT_FILE,
     TRIALS_FILE,
@@ -23,7 +23,7 @@ from evaluation.asv import (
     trial_table,
     trials_from_embeddings,
 )
-from evaluation.asv_cli import add_parser, read_spoof_rows
+from evaluation.cli.asv import add_parser, read_spoof_rows
 
 # ----------------------------------------------------------------------------- constructed embeddings
 
@@ -262,7 +262,7 @@ VOICES = {"spk-a": "en-us+m1", "spk-b": "en-us+f3", "spk-c": "en+m3"}
 
 @pytest.fixture(scope="module")
 def encoder(one_torch_thread):
-    from evaluation.speaker import load_speaker_encoder
+    from evaluation.scorers.speaker import load_speaker_encoder
 
     return load_speaker_encoder("resemblyzer")
 
@@ -300,7 +300,7 @@ def espeak_sets(tmp_path_factory):
 
 
 def test_run_asv_on_espeak_voices(espeak_sets, encoder):
-    from evaluation.asv_cli import read_real_rows
+    from evaluation.cli.asv import read_real_rows
 
     real = read_real_rows(espeak_sets / "real.jsonl")
     spoof, source = read_spoof_rows(espeak_sets / "spoof.jsonl")
@@ -328,7 +328,7 @@ def test_run_asv_on_espeak_voices(espeak_sets, encoder):
 def test_cli_with_run_dir_and_detector(espeak_sets, tmp_path, capsys, one_torch_thread):
     import soundfile as sf
 
-    from evaluation.testset import TestItem, TestSet
+    from evaluation.testsets.testset import TestItem, TestSet
     from valle.audio import load_audio
 
     models = pytest.importorskip("detection.models", reason="detection/models.py not available")

@@ -13,10 +13,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from evaluation.audit import STAGES, AuditOptions, stage_plan
-from evaluation.audit_stages import run_audit
-from evaluation.demo_testset import DEMO_DIR, demo_testset
-from evaluation.testset import TestSet
+from evaluation.audit.stages import run_audit
+from evaluation.audit.state import STAGES, AuditOptions, stage_plan
+from evaluation.testsets.demo_set import DEMO_DIR, demo_testset
+from evaluation.testsets.testset import TestSet
 
 CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "demo"
 OPTIONS = AuditOptions(
@@ -166,7 +166,7 @@ def test_stage_plan():
 
 
 def test_cli_help_has_examples(capsys):
-    from evaluation.cli import main
+    from evaluation.cli.main import main
 
     with pytest.raises(SystemExit):
         main(["audit", "--help"])
@@ -183,7 +183,7 @@ def test_a_killed_audit_resumes(tmp_path, valle_home, small_testset):
 
     ts_path = small_testset.save(tmp_path / "testset.jsonl")
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "evaluation.cli", "audit", "--generator", f"valle:{CHECKPOINT}",
+    cmd = [sys.executable, "-m", "evaluation.cli.main", "audit", "--generator", f"valle:{CHECKPOINT}",
            "--testset", str(ts_path), "--out", str(out), "--no-quality", "--chunk-size", "2",
            "--watermark-clips", "1", "--bootstrap", "20", "--quiet"]  # fmt: skip
     first_chunk = out / "tables" / "parts" / "generations" / "c00000.parquet"
@@ -205,7 +205,7 @@ def test_a_killed_audit_resumes(tmp_path, valle_home, small_testset):
 
 
 def test_paper_profile_with_the_demo_checkpoint_is_refused_before_any_work(tmp_path, small_testset):
-    from evaluation.profiles import ProfileError
+    from evaluation.audit.profiles import ProfileError
 
     out = tmp_path / "run"
     options = AuditOptions(**{**OPTIONS.__dict__, "profile": "paper"})

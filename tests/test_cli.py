@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from evaluation.cli import build_parser, main
+from evaluation.cli.main import build_parser, main
 
 COMMANDS = [
     ["smoke"],

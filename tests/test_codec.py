@@ -153,7 +153,7 @@ def test_encodec_missing_or_wrong_weights_say_what_to_do(tmp_path, encodec_weigh
 
 
 def test_codec_cli_roundtrip_and_info(tmp_path, capsys):
-    from evaluation.cli import main
+    from evaluation.cli.main import main
     from valle.audio import save_audio
 
     src = save_audio(tmp_path / "in.wav", tone(0.6, sr=22050), 22050)
@@ -170,7 +170,7 @@ def test_codec_cli_roundtrip_and_info(tmp_path, capsys):
 
 def test_codec_cli_roundtrip_output_is_watermarked(tmp_path):
     """A waveform decoded from codes is codec-made audio: the CLI marks it like every generated file."""
-    from evaluation.cli import main
+    from evaluation.cli.main import main
     from valle.audio import save_audio
     from valle.corpus.espeak import EspeakSynth
     from watermark import load_watermarker

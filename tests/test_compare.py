@@ -8,11 +8,11 @@ import shutil
 
 import pytest
 
-from evaluation import compare_cli
-from evaluation.asr import ASROptions
-from evaluation.run import RunOptions, score
-from evaluation.scoring import Scorers, ScoringConfig
-from evaluation.testset import TestSetOptions, build_test_set
+from evaluation.cli import compare as compare_cli
+from evaluation.runs.run import RunOptions, score
+from evaluation.scorers.asr import ASROptions
+from evaluation.scorers.scoring import Scorers, ScoringConfig
+from evaluation.testsets.testset import TestSetOptions, build_test_set
 from valle.manifest import read_manifest
 
 # DNSMOS and VAD add nothing to what is tested here; greedy decoding keeps the ASR fast

@@ -20,8 +20,8 @@ import pytest
 from detection.evaluate import EVAL_FILE, SCORES_FILE
 from detection.split import recorded_test
 from detection.train import SPLIT_FILE
-from evaluation.detect_cli import add_parser
-from evaluation.detect_data import DEFAULT_DEGRADATIONS, clips_from_run, collect_clips
+from evaluation.cli.detect import add_parser
+from evaluation.testsets.detector_data import DEFAULT_DEGRADATIONS, clips_from_run, collect_clips
 
 SENTENCES = (
     "The cat sat on the warm mat.",
@@ -33,17 +33,17 @@ VOICES = {"spk-a": "en-us+m1", "spk-b": "en-us+f3", "spk-c": "en+m3", "spk-d": "
 
 
 def _detect_registered() -> bool:
-    from evaluation.cli import build_parser
+    from evaluation.cli.main import build_parser
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     return "detect" in sub.choices
 
 
 def cli(argv: list[str]) -> int:
-    """`valle ...` through evaluation.cli.main once `detect` is registered there; until then a parser
+    """`valle ...` through evaluation.cli.main.main once `detect` is registered there; until then a parser
     with this module's add_parser and main's error handling (one line on stderr, exit 2)."""
     if _detect_registered():
-        from evaluation.cli import main
+        from evaluation.cli.main import main
 
         return main(argv)
     parser = argparse.ArgumentParser(prog="valle")
@@ -132,7 +132,7 @@ def test_manifest_problems_are_listed(data, tmp_path):
 
 
 def test_clips_from_a_score_run(data, tmp_path):
-    from evaluation.testset import TestItem, TestSet
+    from evaluation.testsets.testset import TestItem, TestSet
 
     run = tmp_path / "run"
     (run / "tables").mkdir(parents=True)
@@ -160,7 +160,7 @@ def test_clips_from_a_score_run(data, tmp_path):
 
 def test_train_writes_model_threshold_and_split(model, data):
     from detection.models import load_detector
-    from evaluation.asv import _stored_cm_threshold
+    from evaluation.bypass.asv import _stored_cm_threshold
 
     meta = json.loads((model / "detector.json").read_text())
     thr = meta["training"]["eer_threshold"]

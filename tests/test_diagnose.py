@@ -98,7 +98,7 @@ def test_embedding_rms_flags_drowned_phonemes():
 
 
 def test_diagnose_cli_on_the_demo_checkpoint(tmp_path, capsys):
-    from evaluation.cli import main
+    from evaluation.cli.main import main
 
     out = tmp_path / "diag.json"
     manifest = REPO / "evaluation" / "testsets" / "demo" / "manifest.jsonl"
@@ -118,7 +118,7 @@ def test_diagnose_cli_on_the_demo_checkpoint(tmp_path, capsys):
 def test_diagnose_keeps_sets_whose_manifests_share_a_name(tmp_path):
     import shutil
 
-    from evaluation.cli import main
+    from evaluation.cli.main import main
 
     demo = REPO / "evaluation" / "testsets" / "demo"
     rows = (demo / "manifest.jsonl").read_text().splitlines()[:2]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.flags import (
+from evaluation.scorers.flags import (
     FLAG_NAMES,
     FlagThresholds,
     SpeechActivity,

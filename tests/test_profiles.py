@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluation.profiles import (
+from evaluation.audit.profiles import (
     ECAPA_FILES,
     PROFILES,
     Overrides,
@@ -65,7 +65,7 @@ def test_offline_profile_passes_here_with_every_bundled_file_hashed(empty_caches
     assert (r.codec, r.codec_weights, r.encodec_weights) == ("melvq_24khz", None, None)
     assert r.checkpoint["codec"]["name"] == "melvq_24khz"
     assert hash_cache_path().is_relative_to(empty_caches) and hash_cache_path().is_file()
-    from evaluation.scoring import ScoringConfig
+    from evaluation.scorers.scoring import ScoringConfig
 
     assert ScoringConfig(**r.scoring_kwargs()).asr == "faster-whisper"
     assert json.loads(json.dumps(r.to_json()))["files"] == list(r.files)  # fit for config.json

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evaluation.quality import DNSMOS
+from evaluation.scorers.quality import DNSMOS
 from valle.audio import load_audio
 
 KEYS = {"sig", "bak", "ovrl", "p808"}

@@ -1,6 +1,6 @@
 """reports/: scorecard.json / .md / .html from an audit run directory built here with the documented
 layout (tables via pandas, real WAV files via soundfile, report dicts with the keys the producers write:
-detection/evaluate.py summarize/cm_metrics, evaluation/asv.py asv_report/trial_table)."""
+detection/evaluate.py summarize/cm_metrics, evaluation/bypass/asv.py asv_report/trial_table)."""
 
 from __future__ import annotations
 
@@ -362,7 +362,7 @@ def make_run(
                     "generator": "valle:checkpoints/demo",
                     "started": "2026-11-25T10:00:00+00:00",
                     "finished": "2026-11-25T10:05:00+00:00",
-                    "backends": {  # cards, as evaluation/audit.py records them
+                    "backends": {  # cards, as evaluation/audit/state.py records them
                         "asr": config["scorers"]["asr"],
                         "watermark": {"name": "perth", "weights_sha256": "c2" * 32, "threshold": 0.5},
                         "detector": {"backend": "lfcc-lr", "name": "lfcc-lr"},

@@ -15,12 +15,12 @@ import pandas as pd
 import pytest
 import torch
 
-from evaluation.generators import CommandGenerator, GenRequest, load_generator
-from evaluation.run import RunOptions, score
-from evaluation.rundir import RunLockedError, exclusive, records
-from evaluation.scoring import Scorers
-from evaluation.summary import compare_runs, merge
-from evaluation.testset import TestSet, TestSetOptions, build_test_set, cut_prompt
+from evaluation.runs.generators import CommandGenerator, GenRequest, load_generator
+from evaluation.runs.run import RunOptions, score
+from evaluation.runs.rundir import RunLockedError, exclusive, records
+from evaluation.runs.summary import compare_runs, merge
+from evaluation.scorers.scoring import Scorers
+from evaluation.testsets.testset import TestSet, TestSetOptions, build_test_set, cut_prompt
 from valle.manifest import read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,7 +108,7 @@ def test_merge_is_idempotent(sharded_run):
 def test_kill_9_then_resume_equals_the_uninterrupted_run(sharded_run, setup):
     tmp, _, ts_path, outputs = setup
     out = tmp / "killed"
-    cmd = [sys.executable, "-m", "evaluation.cli", "score", "--generator", f"folder:{outputs}",
+    cmd = [sys.executable, "-m", "evaluation.cli.main", "score", "--generator", f"folder:{outputs}",
            "--testset", str(ts_path), "--out", str(out), "--chunk-size", str(CHUNK), "--quiet"]  # fmt: skip
     # same thread count as this process: int8 beam search and GE2E change in the last bits with it
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
@@ -184,7 +184,7 @@ def test_a_second_writer_is_refused_and_a_killed_writers_lock_does_not_block(set
             score(tmp_path, ts, options, ("generate",), progress=False)
     # a process that took the lock and died by SIGKILL: the kernel released it
     hold = (
-        "import time; from pathlib import Path; from evaluation.rundir import exclusive\n"
+        "import time; from pathlib import Path; from evaluation.runs.rundir import exclusive\n"
         f"with exclusive(Path({str(tmp_path)!r}), 'audit'):\n    print('locked', flush=True); time.sleep(60)"
     )
     holder = subprocess.Popen([sys.executable, "-c", hold], cwd=ROOT, stdout=subprocess.PIPE, text=True)

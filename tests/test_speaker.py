@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cosine as scipy_cosine_distance
 
-from evaluation.speaker import (
+from evaluation.scorers.speaker import (
     EcapaEncoder,
     ResemblyzerEncoder,
     cosine,

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evaluation.stats import mean_ci, paired_mean_diff_ci, paired_ratio_diff_ci, ratio_ci
+from evaluation.scorers.stats import mean_ci, paired_mean_diff_ci, paired_ratio_diff_ci, ratio_ci
 
 
 def test_mean_interval_matches_the_normal_approximation_and_ignores_nan():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from evaluation.testset import (
+from evaluation.testsets.testset import (
     TestSet,
     TestSetOptions,
     build_test_set,

@@ -265,7 +265,7 @@ def test_verdict_rules_for_payload_carrying_backends():
 
 def valle(argv: list[str]) -> int:
     """Through the root CLI when `verify` is registered there; else through this module's own parser."""
-    from evaluation import cli
+    from evaluation.cli import main as cli
 
     root = cli.build_parser()
     commands = next(a for a in root._actions if isinstance(a, argparse._SubParsersAction)).choices

@@ -3,8 +3,8 @@ from __future__ import annotations
 import jiwer
 import pytest
 
-from evaluation.asr import FasterWhisperASR
-from evaluation.wer import normalize, utterance_wer, word_error_rate
+from evaluation.scorers.asr import FasterWhisperASR
+from evaluation.scorers.wer import normalize, utterance_wer, word_error_rate
 from valle.audio import load_audio
 
 

@@ -51,7 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_valle(args, synth, asr, heldout) -> dict:
     """Zero-shot TTS with the checkpoint: a corpus voice reads a training sentence as the ~3 s
     prompt, the model speaks held-out sentences in that voice; outputs are watermarked."""
-    from evaluation.wer import utterance_wer
+    from evaluation.scorers.wer import utterance_wer
     from valle.corpus.sentences import training_sentences
     from valle.corpus.speakers import speaker_catalogue
     from valle.generate import GenerationOptions
@@ -84,8 +84,8 @@ def run_valle(args, synth, asr, heldout) -> dict:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from evaluation.asr import FasterWhisperASR
-    from evaluation.wer import utterance_wer, word_error_rate
+    from evaluation.scorers.asr import FasterWhisperASR
+    from evaluation.scorers.wer import utterance_wer, word_error_rate
     from valle.codec import load_codec
     from valle.corpus.build import Synthesizers
     from valle.corpus.sentences import heldout_sentences

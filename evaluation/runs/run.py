@@ -38,11 +38,11 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from evaluation.generators import GenRequest, load_generator, sample_seed
-from evaluation.rundir import STAGES, Run, exclusive, records, write_json, write_parquet
-from evaluation.scoring import Scorers, ScoringConfig, Timer
-from evaluation.summary import merge
-from evaluation.testset import TestSet, cut_prompt
+from evaluation.runs.generators import GenRequest, load_generator, sample_seed
+from evaluation.runs.rundir import STAGES, Run, exclusive, records, write_json, write_parquet
+from evaluation.scorers.scoring import Scorers, ScoringConfig, Timer
+from evaluation.runs.summary import merge
+from evaluation.testsets.testset import TestSet, cut_prompt
 
 PACKAGES = ("torch", "torchaudio", "faster-whisper", "ctranslate2", "openai-whisper", "speechbrain",
             "resemblyzer", "speechmos", "silero-vad", "jiwer", "valle-safety")  # fmt: skip

@@ -1,4 +1,4 @@
-"""The stages of ``valle audit`` and the loop that runs them (:func:`run_audit`; :mod:`evaluation.audit`
+"""The stages of ``valle audit`` and the loop that runs them (:func:`run_audit`; :mod:`evaluation.audit.state`
 holds the typed state, the order and the run directory).
 
 Each ``stage_<name>(audit, progress)`` reads earlier stages' files from ``audit.dir``, writes its own
@@ -35,12 +35,12 @@ import pandas as pd
 from detection.evaluate import SCORES_FILE, eval_report, evaluate, write_eval
 from detection.split import Clip, split
 from detection.train import CALIBRATION_FOLDS, build_detector, fit_and_calibrate, save_model
-from evaluation.audit import STAGES, Audit, AuditOptions, StageResult, default_keys, stage_plan
-from evaluation.detect_data import degradations, load_clip_audio
-from evaluation.profiles import check_profile
-from evaluation.run import build_run_options, score
-from evaluation.rundir import exclusive
-from evaluation.testset import TestSet
+from evaluation.audit.profiles import check_profile
+from evaluation.audit.state import STAGES, Audit, AuditOptions, StageResult, default_keys, stage_plan
+from evaluation.runs.run import build_run_options, score
+from evaluation.runs.rundir import exclusive
+from evaluation.testsets.detector_data import degradations, load_clip_audio
+from evaluation.testsets.testset import TestSet
 
 PUBLIC_KEY = "keys/signing.public.pem"
 
@@ -90,7 +90,7 @@ def _run_options(audit: Audit, generate: bool):
     watermark = None
     if generate and _is_valle(audit):
         signer, _, key = _keys(audit)
-        # Generator keyword arguments (evaluation.generators.ValleGenerator passes them on)
+        # Generator keyword arguments (evaluation.runs.generators.ValleGenerator passes them on)
         watermark = {"watermarker": _watermarker(audit), "key": key, "signer": signer}
         if p.codec_weights is not None:
             watermark["codec_weights"] = p.codec_weights
@@ -125,7 +125,7 @@ def stage_verify(audit: Audit, progress: bool = True) -> dict:
     """Every generated file through the auditor's check (``watermark.verify.verify_file``)."""
     from tqdm import tqdm
 
-    from evaluation.rundir import write_parquet
+    from evaluation.runs.rundir import write_parquet
     from watermark.keys import KeyRing
     from watermark.provenance import Ledger
     from watermark.verify import verify_file
@@ -162,7 +162,7 @@ def stage_verify(audit: Audit, progress: bool = True) -> dict:
 
 
 def stage_score(audit: Audit, progress: bool = True) -> dict:
-    from evaluation.scoring import Scorers
+    from evaluation.scorers.scoring import Scorers
 
     options = _run_options(audit, generate=False)
     scorers = audit.cache.get("scorers")
@@ -235,7 +235,7 @@ def stage_detect(audit: Audit, progress: bool = True) -> dict:
 
 
 def stage_asv(audit: Audit, progress: bool = True) -> dict:
-    from evaluation.asv import AsvConfig, run_asv, write_outputs
+    from evaluation.bypass.asv import AsvConfig, run_asv, write_outputs
 
     o, p = audit.options, audit.cache["profile"]
     cm_dir = audit.dir / "detect" / "detector"
@@ -268,7 +268,7 @@ def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float | None, floa
 def stage_watermark(audit: Audit, progress: bool = True) -> dict:
     from tqdm import tqdm
 
-    from evaluation.rundir import write_json, write_parquet
+    from evaluation.runs.rundir import write_json, write_parquet
     from valle.audio import load_audio
     from watermark.attacks import attack_bank, select, skipped_attacks
 
@@ -365,7 +365,7 @@ def run_audit(
     """Run (or resume) the audit in ``out``; returns its state. See the module docstring.
 
     A stage already ``done`` in an earlier call is not redone unless named in ``only``. A second
-    process on the same ``out`` is refused (:func:`evaluation.rundir.exclusive`).
+    process on the same ``out`` is refused (:func:`evaluation.runs.rundir.exclusive`).
     """
     options = options or AuditOptions()
     plan = stage_plan(only, skip)

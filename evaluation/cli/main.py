@@ -12,7 +12,13 @@ EXPECTED_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionErr
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from evaluation import asv_cli, audit_cli, compare_cli, detect_cli, diagnose_cli, score_cli, smoke
+    from evaluation.cli import asv as asv_cli
+    from evaluation.cli import audit as audit_cli
+    from evaluation.cli import compare as compare_cli
+    from evaluation.cli import detect as detect_cli
+    from evaluation.cli import diagnose as diagnose_cli
+    from evaluation.cli import score as score_cli
+    from evaluation.cli import smoke
     from valle import checkpoint, synthesize, train
     from valle.codec import cli as codec_cli
     from valle.corpus import cli as corpus_cli

@@ -9,7 +9,7 @@ the decision come from one piece of evidence (raw GMM log-likelihood ratios are 
 a real clip at score 13.6 read as p_spoof 1.2e-6 while the threshold called it spoof).
 
 ``train``
-    Splits the data (``evaluation.detect_data.split``: speaker-disjoint, optionally holding one
+    Splits the data (``evaluation.testsets.detector_data.split``: speaker-disjoint, optionally holding one
     generator out), fits the detector on the train split, and stores an EER threshold computed from
     TRAIN-split scores only as ``training.eer_threshold`` in ``detector.json`` (the ASV gate of
     ``valle asv`` reads it), so no test clip influences it. By default the scores are out-of-fold
@@ -66,7 +66,7 @@ from detection.train import (
     save_model,
     stored_threshold,
 )
-from evaluation.detect_data import (
+from evaluation.testsets.detector_data import (
     DEFAULT_DEGRADATIONS,
     check_readable,
     collect_clips,

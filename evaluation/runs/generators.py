@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from evaluation.testset import TestItem
+from evaluation.testsets.testset import TestItem
 from valle.audio import AudioError, load_audio
 
 

@@ -1,4 +1,4 @@
-"""``valle audit``: the main job (see :mod:`evaluation.audit`)."""
+"""``valle audit``: the main job (see :mod:`evaluation.audit.state`)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from evaluation.audit import STAGES, AuditOptions
+from evaluation.audit.state import STAGES, AuditOptions
 
 EXAMPLES = """examples:
   valle audit                                   # demo checkpoint + committed demo test set, offline
@@ -23,7 +23,7 @@ A killed audit resumes when the same command is run again. Stages: """ + ", ".jo
 
 
 def add_parser(sub) -> None:
-    from evaluation.score_cli import add_testset_args
+    from evaluation.cli.score import add_testset_args
 
     p = sub.add_parser(
         "audit",
@@ -82,8 +82,8 @@ def add_parser(sub) -> None:
 
 
 def _testset(args):
-    from evaluation.demo_testset import demo_testset
-    from evaluation.score_cli import load_testset
+    from evaluation.cli.score import load_testset
+    from evaluation.testsets.demo_set import demo_testset
 
     if args.manifest or args.testset or args.seed_tts_meta:
         return load_testset(args)
@@ -91,8 +91,8 @@ def _testset(args):
 
 
 def run(args: argparse.Namespace) -> int:
-    from evaluation.audit import timing_summary
-    from evaluation.audit_stages import run_audit
+    from evaluation.audit.stages import run_audit
+    from evaluation.audit.state import timing_summary
 
     paths = {
         k: str(getattr(args, k))

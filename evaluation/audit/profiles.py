@@ -73,9 +73,9 @@ class ProfileError(ValueError):
 @dataclass(frozen=True)
 class Profile:
     name: str
-    asr: str  # evaluation.asr backend
+    asr: str  # evaluation.scorers.asr backend
     asr_model: str  # what the backend loads by default
-    speaker: str  # evaluation.speaker backend
+    speaker: str  # evaluation.scorers.speaker backend
     watermark: str  # watermark backend
     codec: str | None  # codec a checkpoint must use; None = any codec whose weights are here
     detector: str = "lfcc-gmm"
@@ -208,7 +208,7 @@ def _bundled(role: str, what: str, dist: str, relpaths: tuple[str, ...]) -> list
 def _whisper_files(p: Profile, override: str | Path | None) -> list[RequiredFile]:
     import whisper
 
-    from evaluation.asr import whisper_cache_dir
+    from evaluation.scorers.asr import whisper_cache_dir
 
     url = whisper._MODELS[p.asr_model]
     sha = url.split("/")[-2]  # whisper's own convention: the URL's folder is the file's sha256
@@ -258,7 +258,7 @@ def _faster_whisper_files(override: str | Path | None) -> list[RequiredFile]:
 
 def _ecapa_files(override: str | Path | None) -> list[RequiredFile]:
     """A local folder, or a repo id looked up in the Hugging Face cache (as ``resolve_ecapa_source``)."""
-    from evaluation.speaker import ECAPA_HF_ID
+    from evaluation.scorers.speaker import ECAPA_HF_ID
 
     source = str(override) if override is not None else ECAPA_HF_ID
     local = Path(source).expanduser()
@@ -480,7 +480,7 @@ class ResolvedProfile:
     files: tuple[dict, ...]  # {role, what, path, sha256}: what a run's config.json records
 
     def scoring_kwargs(self) -> dict:
-        """Keyword arguments of :class:`evaluation.scoring.ScoringConfig`."""
+        """Keyword arguments of :class:`evaluation.scorers.scoring.ScoringConfig`."""
         return {"asr": self.asr, "asr_model": self.asr_model, "speaker": self.speaker,
                 "speaker_model": self.speaker_model}  # fmt: skip
 
@@ -542,7 +542,7 @@ def check_profile(
         first.setdefault(f.role, f)
     asr_model = str(o.asr_model) if o.asr_model is not None else None
     if p.asr == "openai-whisper":
-        from evaluation.asr import whisper_cache_dir
+        from evaluation.scorers.asr import whisper_cache_dir
 
         path = first["asr"].path  # by name from whisper's cache (word-timing heads set), else the file
         asr_model = p.asr_model if path == whisper_cache_dir() / path.name else str(path)

@@ -3,9 +3,9 @@
 Stages, in order; each reads what the earlier ones wrote in the run directory and writes its own
 files, so any stage can be re-run alone (``--stage``), skipped (``--skip``) or resumed::
 
-    generate   evaluation.run: batched, seeded; every file watermarked, verified and signed
+    generate   evaluation.runs.run: batched, seeded; every file watermarked, verified and signed
     verify     watermark.verify on every generated file          -> tables/verify.parquet
-    score      ASR / speaker / flags / DNSMOS (evaluation.run)   -> tables/scores.parquet, summary.json
+    score      ASR / speaker / flags / DNSMOS (evaluation.runs.run)   -> tables/scores.parquet, summary.json
     detect     detector trained on this run's output vs the real references, speaker-disjoint
                                                                   -> detect/, tables/detector.parquet
     asv        voice-authentication bypass, CM-gated             -> asv/, tables/asv_trials.parquet
@@ -16,7 +16,7 @@ files, so any stage can be re-run alone (``--stage``), skipped (``--skip``) or r
 seconds, error and counts. A stage that fails is recorded and the audit goes on with the stages
 that do not need it; utterance-level failures are rows with a status, never dropped; the report
 stage runs last whatever happened before it, so a scorecard is always written and shows every
-failure. ``generate`` and ``score`` resume chunk by chunk after a kill (``evaluation.run``); the
+failure. ``generate`` and ``score`` resume chunk by chunk after a kill (``evaluation.runs.run``); the
 other stages are short and are redone when they did not finish.
 
 Secrets: the signing key and watermark key are read from the user's key directory (``$VALLE_HOME``,
@@ -33,8 +33,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from evaluation.rundir import write_json
-from evaluation.testset import TestSet
+from evaluation.runs.rundir import write_json
+from evaluation.testsets.testset import TestSet
 
 STAGES = ("generate", "verify", "score", "detect", "asv", "watermark", "report")
 AUDIT_FILE = "audit.json"
@@ -98,7 +98,7 @@ class Audit:
     backends: dict = field(default_factory=dict)
     started: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     cache: dict = field(default_factory=dict)  # models loaded once per process (scorers, watermarker)
-    profile_check: dict = field(default_factory=dict)  # evaluation.profiles: resolved backends + file hashes
+    profile_check: dict = field(default_factory=dict)  # resolved backends + file hashes (profiles.py)
 
     def to_json(self) -> dict:
         return {

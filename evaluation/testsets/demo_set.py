@@ -5,14 +5,14 @@
 voices, each reading two *held-out* sentences (never used to train any checkpoint here; the voices
 themselves are corpus voices, so this is zero-shot in text, not in speaker). The files are
 committed, so the default audit needs neither the engines' exact builds nor a network; rebuild
-with ``python -m evaluation.demo_testset`` (same library versions give the same files).
+with ``python -m evaluation.testsets.demo_set`` (same library versions give the same files).
 
 Given an explicit manifest of real recordings (``valle audit --extra-real M``), :func:`real_rows` adds
 up to ``max_speakers`` real speakers with at least two usable recordings each (two targets per
 speaker), so the detector and the voice-authentication stage see real speech on both sides. Nothing
 outside the repository is read unless asked for.
 
-The test set itself is built by :func:`evaluation.testset.build_test_set` with the VALL-E
+The test set itself is built by :func:`evaluation.testsets.testset.build_test_set` with the VALL-E
 cross-sentence protocol (a 3 s prompt cut from another utterance of the same speaker).
 """
 
@@ -21,9 +21,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from evaluation.testset import TestSet, TestSetOptions, build_test_set
+from evaluation.testsets.testset import TestSet, TestSetOptions, build_test_set
 
-DEMO_DIR = Path(__file__).parent / "testsets" / "demo"
+DEMO_DIR = Path(__file__).parent / "demo"
 ESPEAK_VOICES, PIPER_VOICES, PER_SPEAKER = 4, 2, 2
 MIN_WORDS, MAX_WORDS = 10, 13  # 2-5 s at these voices' rates
 # below the paper's 4 s floor: eSpeak NG reads these sentences in 2-5 s, and short targets keep the

@@ -1,8 +1,8 @@
 """The ``valle asv`` command and its inputs: real-speech and spoof rows from manifests or a
 ``valle score`` run, the plain-text summary, and atomic writing of the report and trial table.
 
-The protocol, the metrics and :func:`evaluation.asv.run_asv` (audio files -> report) live in
-:mod:`evaluation.asv`; see its docstring for every definition.
+The protocol, the metrics and :func:`evaluation.bypass.asv.run_asv` (audio files -> report) live in
+:mod:`evaluation.bypass.asv`; see its docstring for every definition.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from evaluation.asv import AsvConfig, run_asv, write_outputs
-from evaluation.detect_data import jsonl_objects
+from evaluation.bypass.asv import AsvConfig, run_asv, write_outputs
+from evaluation.testsets.detector_data import jsonl_objects
 
 
 def read_real_rows(path: str | Path) -> list[dict]:
@@ -50,7 +50,7 @@ def _spoofs_from_manifest(path: Path) -> tuple[list[dict], dict]:
 def _spoofs_from_run(run_dir: Path) -> tuple[list[dict], dict]:
     """The ``status == ok`` generations of a ``valle score`` run; the cloned target is the test
     item's ``speaker``. Each (item, seed) output is one spoof, id = the generation ``key``."""
-    from evaluation.testset import TestSet
+    from evaluation.testsets.testset import TestSet
 
     table = run_dir / "tables" / "generations.parquet"
     if not table.is_file():

@@ -43,7 +43,7 @@ the t-DCF, Kinnunen et al. 2020, arXiv:1804.09618)::
 every ASV threshold (it plays the role of minus infinity while keeping the EER code's finite-score
 check). The CM threshold is the CM's own EER threshold, stored with the detector by
 ``valle detect train`` (``training.eer_threshold``: fixed on its training split, from out-of-fold
-scores by default; see ``evaluation.detect_cli``); when the detector carries none it is computed as
+scores by default; see ``evaluation.cli.detect``); when the detector carries none it is computed as
 the CM EER over this run's bona fide test utterances vs its spoofs, and the report says so (that
 threshold has seen the test data).
 With a CM the report adds, at each ASV threshold, spoof acceptance after gating (the clone
@@ -63,7 +63,7 @@ speaker correlation. The report names the unit used. (``detection.metrics.bootst
 two score classes for one metric; here three trial kinds and the thresholds move together.)
 
 Reading manifests / run directories, the plain-text summary, the output files and the ``valle asv``
-command are in :mod:`evaluation.asv_cli`.
+command are in :mod:`evaluation.cli.asv`.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ REPORT_FORMAT = "valle-asv-report"
 REPORT_VERSION = 1
 REPORT_FILE = "asv_report.json"
 TRIALS_FILE = "asv_trials.parquet"
-MIN_SECONDS = 0.5  # the speaker encoders' minimum input (evaluation.speaker.MIN_SECONDS)
+MIN_SECONDS = 0.5  # the speaker encoders' minimum input (evaluation.scorers.speaker.MIN_SECONDS)
 # keys under which a saved detector may carry its own EER threshold (detector attribute or json)
 CM_THRESHOLD_KEYS = ("eer_threshold", "cm_threshold")
 
@@ -94,7 +94,7 @@ CM_THRESHOLD_KEYS = ("eer_threshold", "cm_threshold")
 class AsvConfig:
     """Settings of one ASV bypass evaluation."""
 
-    encoder: str = "resemblyzer"  # evaluation.speaker backend: resemblyzer | ecapa
+    encoder: str = "resemblyzer"  # evaluation.scorers.speaker backend: resemblyzer | ecapa
     encoder_model: str | None = None  # ecapa: local model dir or HF id in the cache
     enrol_per_speaker: int = 3  # utterances averaged (then L2-normalised) per target speaker
     far: float = 0.01  # false-acceptance rate on non-target trials that fixes t_far
@@ -287,8 +287,8 @@ def _embed(encoder, audio: Sequence[tuple[np.ndarray, int]], batch_size: int) ->
 
 
 def load_encoder(config: AsvConfig):
-    """The speaker encoder named by ``config`` (evaluation.speaker)."""
-    from evaluation.speaker import load_speaker_encoder
+    """The speaker encoder named by ``config`` (evaluation.scorers.speaker)."""
+    from evaluation.scorers.speaker import load_speaker_encoder
 
     return load_speaker_encoder(config.encoder, config.encoder_model, config.device)
 

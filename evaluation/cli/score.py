@@ -6,7 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
-from evaluation.testset import PROTOCOLS, TestSet, TestSetOptions, build_test_set, seed_tts_eval_test_set
+from evaluation.testsets.testset import (
+    PROTOCOLS,
+    TestSet,
+    TestSetOptions,
+    build_test_set,
+    seed_tts_eval_test_set,
+)
 from valle.synthesize import add_watermark_args
 
 RAW = argparse.RawDescriptionHelpFormatter
@@ -87,7 +93,7 @@ def add_parser(sub) -> None:
         "      --min-seconds 3 --max-items 20 --seeds 0 1 --out runs/demo_score\n"
         "  valle score --generator folder:outputs/ --seed-tts-meta meta.lst --out runs/other\n"
         "  valle score --generator 'command:mytts --text {text} --prompt {prompt_wav} --out {out_wav}' ...\n"
-        "  torchrun --nproc-per-node 4 -m evaluation.cli score ... && valle merge runs/x",
+        "  torchrun --nproc-per-node 4 -m evaluation.cli.main score ... && valle merge runs/x",
         formatter_class=RAW,
     )
     p.add_argument(
@@ -139,7 +145,7 @@ def run_testset(args) -> int:
 
 
 def run_score(args) -> int:
-    from evaluation.run import STAGES, build_run_options, rank_world, score
+    from evaluation.runs.run import STAGES, build_run_options, rank_world, score
     from valle.synthesize import watermark_setup
 
     valle = args.generator.startswith("valle:")
@@ -171,7 +177,7 @@ def run_score(args) -> int:
 
 
 def run_merge(args) -> int:
-    from evaluation.summary import merge
+    from evaluation.runs.summary import merge
 
     summary = merge(args.run)
     if not summary:

@@ -1,8 +1,8 @@
 """``valle compare``: two or more scored runs side by side, each against the first (the baseline).
 
 For every metric of the runs' ``summary.json`` the table shows each run's value with its 95% interval
-(items resampled; :mod:`evaluation.stats`), then, for each run after the first, the paired difference
-``run - baseline`` from :func:`evaluation.summary.compare_runs`: the same test items in both runs,
+(items resampled; :mod:`evaluation.scorers.stats`), then, for each run after the first, the paired difference
+``run - baseline`` from :func:`evaluation.runs.summary.compare_runs`: the same test items in both runs,
 resampled jointly, which is what makes the interval narrow enough to tell two checkpoints apart
 (Koehn 2004, "Statistical Significance Tests for Machine Translation Evaluation", paired bootstrap).
 A ``*`` marks a difference whose interval excludes 0. Differences exist for the per-utterance metrics
@@ -76,7 +76,7 @@ def compare(runs: list[str | Path]) -> dict:
     run], "diff": [None, estimate + "excludes_zero" | None, ...]}}}``, an estimate being
     ``{value, low, high, n}``.
     """
-    from evaluation.summary import compare_runs
+    from evaluation.runs.summary import compare_runs
 
     paths = [Path(r) for r in runs]
     if len(paths) < 2:

@@ -9,7 +9,7 @@ A :class:`Clip` is one recording: ``label`` 1 = bona fide (real speech), 0 = spo
   a spoof row's ``speaker`` is the voice it imitates or the system's voice). ``id`` defaults to the
   audio file's stem. Paths are relative to the manifest's folder and may not leave it (after
   resolving ``..`` and symlinks, as ``valle.manifest`` does): a manifest may come from someone else.
-* **a ``valle score`` run directory** (``evaluation.run``): bona fide = the test set's target
+* **a ``valle score`` run directory** (``evaluation.runs.run``): bona fide = the test set's target
   recordings (items flagged with a ``problem`` are left out and counted), spoof = the generations with
   ``status == "ok"``, ``generator`` = the run's generator name (``config.json``), ``speaker`` = the test
   item's speaker (the cloned target), spoof id = ``<generator>:<generation key>``. Paths come from the
@@ -129,7 +129,7 @@ def clips_from_run(run_dir: str | Path, name: str | None = None) -> tuple[list[C
     """Bona fide and spoof clips of a ``valle score`` run (module docstring) and a description of it."""
     import pandas as pd
 
-    from evaluation.testset import TestSet
+    from evaluation.testsets.testset import TestSet
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

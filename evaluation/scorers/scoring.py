@@ -30,8 +30,8 @@ from dataclasses import asdict, dataclass, field
 import jiwer
 import numpy as np
 
-from evaluation.asr import ASROptions, load_asr
-from evaluation.flags import (
+from evaluation.scorers.asr import ASROptions, load_asr
+from evaluation.scorers.flags import (
     FLAG_NAMES,
     FlagThresholds,
     SpeechActivity,
@@ -40,10 +40,10 @@ from evaluation.flags import (
     repetition_ratio,
     utterance_flags,
 )
-from evaluation.quality import DNSMOS
-from evaluation.speaker import cosine, load_speaker_encoder
-from evaluation.testset import TestItem
-from evaluation.wer import normalize
+from evaluation.scorers.quality import DNSMOS
+from evaluation.scorers.speaker import cosine, load_speaker_encoder
+from evaluation.scorers.wer import normalize
+from evaluation.testsets.testset import TestItem
 from valle.audio import SILENCE_PEAK, AudioError, load_audio
 
 SR = 16_000

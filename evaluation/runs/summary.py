@@ -1,7 +1,7 @@
 """Merging rank tables into a run's tables, the run summary with intervals, and paired comparisons.
 
 Every mean and rate is computed per test item first (mean over its seeds) and its 95% interval
-resamples items (:mod:`evaluation.stats`). WER is reported two ways, as the field does:
+resamples items (:mod:`evaluation.scorers.stats`). WER is reported two ways, as the field does:
 
 - ``wer``: corpus WER, sum of errors / sum of reference words (jiwer's convention);
 - ``mean_utt_wer``: mean of per-utterance WERs (seed-tts-eval's convention).
@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from evaluation.flags import FLAG_NAMES
-from evaluation.rundir import STAGES, TABLE_OF_STAGE, Run, write_json, write_parquet
-from evaluation.stats import mean_ci, paired_mean_diff_ci, paired_ratio_diff_ci, ratio_ci
+from evaluation.scorers.flags import FLAG_NAMES
+from evaluation.runs.rundir import STAGES, TABLE_OF_STAGE, Run, write_json, write_parquet
+from evaluation.scorers.stats import mean_ci, paired_mean_diff_ci, paired_ratio_diff_ci, ratio_ci
 
 CHARGED = ("ok", "generation_failed", "invalid_audio")  # rows whose errors count against the generator
 RANK_TABLE = re.compile(r"^(?P<table>\w+)\.rank(?P<rank>\d+)-of-(?P<world>\d+)\.parquet$")

@@ -1,7 +1,7 @@
 """A run directory's layer: its layout, atomic table and JSON writes, and its writer lock.
 
-Shared by the pipeline (:mod:`evaluation.run`), the merge (:mod:`evaluation.summary`) and the audit,
-so none of them imports another for these (no import circles). Layout: see :mod:`evaluation.run`.
+Shared by the pipeline (:mod:`evaluation.runs.run`), the merge (:mod:`evaluation.runs.summary`) and the audit,
+so none of them imports another for these (no import circles). Layout: see :mod:`evaluation.runs.run`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from evaluation.testset import TestSet
+from evaluation.testsets.testset import TestSet
 
 STAGES = ("generate", "score")
 TABLE_OF_STAGE = {"generate": ("generations",), "score": ("scores", "references")}

@@ -1,0 +1,1 @@
+"""Voice-authentication bypass: ASV trials, thresholds, report."""

@@ -1,0 +1,1 @@
+"""What scores an utterance: ASR, WER, speaker similarity, quality, flags, statistics."""

@@ -1,0 +1,1 @@
+"""Test sets: building, the committed demo set, detector data sources."""
