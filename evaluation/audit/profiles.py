@@ -48,7 +48,13 @@ from dataclasses import dataclass, fields
 from importlib import metadata
 from pathlib import Path
 
-from valle.codec import DEFAULT_CODEC
+from evaluation.scorers.asr import whisper_cache_dir
+from evaluation.scorers.speaker import ECAPA_HF_ID
+from valle.checkpoint import WEIGHTS, read_config
+from valle.codec import CODECS, DEFAULT_CODEC, contentvq, melvq
+from valle.codec.base import sha256_file
+from valle.codec.encodec import CHECKPOINT_SHA256, CHECKPOINT_URL, default_checkpoint_path
+from watermark.audioseal_backend import DETECTOR_CARD, GENERATOR_CARD, cache_candidates, card_config
 
 # the layout of speechbrain/spkrec-ecapa-voxceleb: its hyperparams' pretrainer loads the other four
 ECAPA_FILES = ("hyperparams.yaml", "embedding_model.ckpt", "mean_var_norm_emb.ckpt", "classifier.ckpt",
@@ -152,8 +158,6 @@ def hash_cache_path() -> Path:
 
 def cached_sha256(path: str | Path) -> str:
     """sha256 of ``path``, reusing the value cached for the same (path, size, mtime_ns)."""
-    from valle.codec.base import sha256_file
-
     path = Path(path).resolve()
     st = path.stat()
     key, stamp = str(path), [st.st_size, st.st_mtime_ns]
@@ -208,8 +212,6 @@ def _bundled(role: str, what: str, dist: str, relpaths: tuple[str, ...]) -> list
 def _whisper_files(p: Profile, override: str | Path | None) -> list[RequiredFile]:
     import whisper
 
-    from evaluation.scorers.asr import whisper_cache_dir
-
     url = whisper._MODELS[p.asr_model]
     sha = url.split("/")[-2]  # whisper's own convention: the URL's folder is the file's sha256
     name = os.path.basename(url)
@@ -258,8 +260,6 @@ def _faster_whisper_files(override: str | Path | None) -> list[RequiredFile]:
 
 def _ecapa_files(override: str | Path | None) -> list[RequiredFile]:
     """A local folder, or a repo id looked up in the Hugging Face cache (as ``resolve_ecapa_source``)."""
-    from evaluation.scorers.speaker import ECAPA_HF_ID
-
     source = str(override) if override is not None else ECAPA_HF_ID
     local = Path(source).expanduser()
     if override is not None and (local.is_dir() or not re.fullmatch(r"[\w.-]+/[\w.-]+", source)):
@@ -283,8 +283,6 @@ def _ecapa_files(override: str | Path | None) -> list[RequiredFile]:
 
 
 def _audioseal_files(generator: str | Path | None, detector: str | Path | None) -> list[RequiredFile]:
-    from watermark.audioseal_backend import DETECTOR_CARD, GENERATOR_CARD, cache_candidates, card_config
-
     out = []
     for role, card, given in (
         ("generator", GENERATOR_CARD, generator),
@@ -302,8 +300,6 @@ def _audioseal_files(generator: str | Path | None, detector: str | Path | None) 
 
 def _codec_files(name: str, override: str | Path | None, card_sha: str | None) -> list[RequiredFile]:
     if name == "encodec_24khz_6kbps":
-        from valle.codec.encodec import CHECKPOINT_SHA256, CHECKPOINT_URL, default_checkpoint_path
-
         path = Path(override).expanduser() if override is not None else default_checkpoint_path()
         how = "download the URL to that path (the torch hub cache), or pass --codec-weights PATH"
         return [
@@ -312,14 +308,11 @@ def _codec_files(name: str, override: str | Path | None, card_sha: str | None) -
             )
         ]
     if name in ("contentvq_24khz", "melvq_24khz"):
-        from valle.codec import contentvq, melvq
-
         asset = (melvq if name == "melvq_24khz" else contentvq).DEFAULT_ASSET
         path = Path(override).expanduser() if override is not None else asset
         note = "" if card_sha else "project asset; a checkpoint's codec card names the hash it needs"
         how = "committed in this repository (valle/codec/assets); or `valle codec fit`, --codec-weights PATH"
         return [RequiredFile("codec", f"offline codec tables ({name})", path, card_sha, "", how, note)]
-    from valle.codec import CODECS
 
     raise ProfileError(f"unknown codec {name!r}; this project has {', '.join(CODECS)}")
 
@@ -404,9 +397,6 @@ def checkpoint_of(generator: str) -> Path | None:
 
 
 def _checkpoint_problems(p: Profile, directory: str | Path) -> tuple[dict | None, list[str]]:
-    from valle.checkpoint import WEIGHTS, read_config
-    from valle.codec import CODECS
-
     directory = Path(directory)
     if not directory.is_dir():
         return None, [f"- checkpoint folder {directory} does not exist"]
@@ -429,8 +419,6 @@ def _checkpoint_problems(p: Profile, directory: str | Path) -> tuple[dict | None
             "(train a checkpoint on EnCodec codes, or use --profile offline)"
         )
     elif p.codec == "encodec_24khz_6kbps":
-        from valle.codec.encodec import CHECKPOINT_SHA256
-
         if card.get("weights_sha256") != CHECKPOINT_SHA256:
             problems.append(
                 f"- {directory} was trained on EnCodec weights with sha256 {card.get('weights_sha256')}, not "
@@ -542,15 +530,12 @@ def check_profile(
         first.setdefault(f.role, f)
     asr_model = str(o.asr_model) if o.asr_model is not None else None
     if p.asr == "openai-whisper":
-        from evaluation.scorers.asr import whisper_cache_dir
-
         path = first["asr"].path  # by name from whisper's cache (word-timing heads set), else the file
         asr_model = p.asr_model if path == whisper_cache_dir() / path.name else str(path)
     wm_kwargs = {}
     if p.watermark == "audioseal":  # _audioseal_files lists the generator, then the detector
         gen, det = (str(f.path) for f in files if f.role == "watermark")
         wm_kwargs = {"generator": gen, "detector": det}
-    from valle.codec.encodec import CHECKPOINT_URL, default_checkpoint_path
 
     codec = first.get("codec")
     encodec = str(codec.path) if codec and codec.url == CHECKPOINT_URL else None

@@ -37,10 +37,19 @@ from detection.split import Clip, split
 from detection.train import CALIBRATION_FOLDS, build_detector, fit_and_calibrate, save_model
 from evaluation.audit.profiles import check_profile
 from evaluation.audit.state import STAGES, Audit, AuditOptions, StageResult, default_keys, stage_plan
+from evaluation.bypass.asv import AsvConfig, run_asv, write_outputs
 from evaluation.runs.run import build_run_options, score
-from evaluation.runs.rundir import exclusive
+from evaluation.runs.rundir import exclusive, write_json, write_parquet
+from evaluation.scorers.scoring import Scorers
 from evaluation.testsets.detector_data import degradations, load_clip_audio
 from evaluation.testsets.testset import TestSet
+from reports import write_scorecard
+from valle.audio import load_audio
+from watermark import load_watermarker
+from watermark.attacks import attack_bank, select, skipped_attacks
+from watermark.keys import KeyRing, load_key
+from watermark.provenance import Ledger, load_signing_key
+from watermark.verify import verify_file
 
 PUBLIC_KEY = "keys/signing.public.pem"
 
@@ -58,8 +67,6 @@ def _is_valle(audit: Audit) -> bool:
 
 def _watermarker(audit: Audit):
     if "watermarker" not in audit.cache:
-        from watermark import load_watermarker
-
         p = audit.cache["profile"]
         audit.cache["watermarker"] = load_watermarker(p.watermark, audit.options.device, **p.watermark_kwargs)
         audit.backends["watermark"] = audit.cache["watermarker"].card()
@@ -70,9 +77,6 @@ def _keys(audit: Audit):
     """(signer, public key, watermark key); the public half is copied into the run directory."""
     if "keys" not in audit.cache:
         from cryptography.hazmat.primitives import serialization
-
-        from watermark.keys import load_key
-        from watermark.provenance import load_signing_key
 
         signing_path, key_file = default_keys(audit.options)
         signer = load_signing_key(signing_path)
@@ -125,11 +129,6 @@ def stage_verify(audit: Audit, progress: bool = True) -> dict:
     """Every generated file through the auditor's check (``watermark.verify.verify_file``)."""
     from tqdm import tqdm
 
-    from evaluation.runs.rundir import write_parquet
-    from watermark.keys import KeyRing
-    from watermark.provenance import Ledger
-    from watermark.verify import verify_file
-
     gens = _table(audit, "generations", "generate")
     gens = gens[gens["audio"].notna()]
     _, public_key, key = _keys(audit)
@@ -162,8 +161,6 @@ def stage_verify(audit: Audit, progress: bool = True) -> dict:
 
 
 def stage_score(audit: Audit, progress: bool = True) -> dict:
-    from evaluation.scorers.scoring import Scorers
-
     options = _run_options(audit, generate=False)
     scorers = audit.cache.get("scorers")
     if scorers is None or scorers.config != options.scoring:
@@ -235,8 +232,6 @@ def stage_detect(audit: Audit, progress: bool = True) -> dict:
 
 
 def stage_asv(audit: Audit, progress: bool = True) -> dict:
-    from evaluation.bypass.asv import AsvConfig, run_asv, write_outputs
-
     o, p = audit.options, audit.cache["profile"]
     cm_dir = audit.dir / "detect" / "detector"
     detect_ok = audit.stages["detect"].status == "done" and (cm_dir / "detector.json").is_file()
@@ -267,10 +262,6 @@ def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float | None, floa
 
 def stage_watermark(audit: Audit, progress: bool = True) -> dict:
     from tqdm import tqdm
-
-    from evaluation.runs.rundir import write_json, write_parquet
-    from valle.audio import load_audio
-    from watermark.attacks import attack_bank, select, skipped_attacks
 
     o, p = audit.options, audit.cache["profile"]
     rng = np.random.default_rng(o.seed)
@@ -332,8 +323,6 @@ def stage_watermark(audit: Audit, progress: bool = True) -> dict:
 
 
 def stage_report(audit: Audit, progress: bool = True) -> dict:
-    from reports import write_scorecard
-
     # the scorecard reads audit.json: give it this call's stage results so far
     audit.stages["report"] = StageResult(status="running")
     audit.save()

@@ -35,6 +35,8 @@ from pathlib import Path
 
 from evaluation.runs.rundir import write_json
 from evaluation.testsets.testset import TestSet
+from watermark.keys import generate_key
+from watermark.provenance import generate_signing_key
 
 STAGES = ("generate", "verify", "score", "detect", "asv", "watermark", "report")
 AUDIT_FILE = "audit.json"
@@ -163,8 +165,6 @@ def valle_home() -> Path:
 def default_keys(options: AuditOptions) -> tuple[Path, Path | None]:
     """(signing key, watermark key file or None). Without explicit paths, the user's default keys are
     used and created on first use: secrets live in one private place, never in a run directory."""
-    from watermark.keys import generate_key
-    from watermark.provenance import generate_signing_key
 
     keys = valle_home() / "keys"
     signing = Path(options.signing_key) if options.signing_key else keys / "signing.pem"

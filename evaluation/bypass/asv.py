@@ -79,6 +79,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from detection.metrics import compute_eer, rates_at, threshold_at_far
+from detection.models import load_detector
+from evaluation.scorers.speaker import load_speaker_encoder
+from valle.audio import load_audio
+
 KINDS = ("target", "nontarget", "spoof")
 GATED_SCORE = -2.0  # below every cosine in [-1, 1]: a CM-rejected trial is rejected at any threshold
 REPORT_FORMAT = "valle-asv-report"
@@ -288,8 +293,6 @@ def _embed(encoder, audio: Sequence[tuple[np.ndarray, int]], batch_size: int) ->
 
 def load_encoder(config: AsvConfig):
     """The speaker encoder named by ``config`` (evaluation.scorers.speaker)."""
-    from evaluation.scorers.speaker import load_speaker_encoder
-
     return load_speaker_encoder(config.encoder, config.encoder_model, config.device)
 
 
@@ -339,8 +342,6 @@ def _cm_accept(trials: TrialSet, cm_scores: Mapping[str, float] | None, cm_thres
 
 def _metrics(cos: np.ndarray, kind: np.ndarray, cm_ok: np.ndarray | None, far: float) -> dict[str, float]:
     """Every number of the report for one set of trials, as a flat dict (NaN = not defined)."""
-    from detection.metrics import compute_eer, rates_at, threshold_at_far
-
     nan = float("nan")
     tgt, non, spf = (cos[kind == k] for k in KINDS)
     m: dict[str, float] = {}
@@ -425,7 +426,6 @@ def asv_report(
     ``cm_threshold``: the CM's decision threshold (its EER threshold); ``cm_threshold_source``
     says where it came from.
     """
-    from detection.metrics import compute_eer
 
     config = trials.config
     cos = np.array([t.cosine for t in trials], dtype=np.float64)
@@ -573,8 +573,6 @@ def trial_table(trials: TrialSet, report: dict, cm_scores: Mapping[str, float] |
 
 
 def _load(row: Mapping) -> tuple[np.ndarray, int]:
-    from valle.audio import load_audio
-
     wav, sr = load_audio(row["audio"])
     if wav.size < MIN_SECONDS * sr:
         raise ValueError(
@@ -638,8 +636,6 @@ def run_asv(
         raise ValueError("cm_threshold was given without a CM (detector)")
     cm_path = None
     if isinstance(cm, (str, Path)):
-        from detection.models import load_detector
-
         cm_path, cm = Path(cm), load_detector(cm)
     encoder = encoder if encoder is not None else load_encoder(config)
     ids_by_speaker: dict[str, list[str]] = {}
@@ -707,8 +703,6 @@ def run_asv(
             cm_threshold = _stored_cm_threshold(cm, cm_path)
             source = "stored with the detector (its own EER threshold)"
         if cm_threshold is None:
-            from detection.metrics import compute_eer
-
             # distinct recordings: a non-target recording appears in one trial per claimed speaker
             bona = list({t.utterance: cm_scores[t.utterance] for t in trials if t.kind != "spoof"}.values())
             spoof = list({t.utterance: cm_scores[t.utterance] for t in trials if t.kind == "spoof"}.values())

@@ -22,6 +22,11 @@ from typing import Protocol, runtime_checkable
 
 from evaluation.testsets.testset import TestItem
 from valle.audio import AudioError, load_audio
+from valle.generate import GenerationOptions
+from valle.sampling import SamplingOptions
+from valle.synthesize import Generator
+from valle.synthesize import SynthesisRequest
+from watermark import load_watermarker
 
 
 @dataclass(frozen=True)
@@ -70,17 +75,12 @@ def _check_output(req: GenRequest, path: Path) -> GenResult:
 
 class ValleGenerator:
     """Our checkpoint through the public synthesis API: every output watermarked and verified."""
-
     name = "valle"
 
     def __init__(
         self, checkpoint: str | Path, device: str = "cpu", watermark: dict | None = None, **options
     ) -> None:
         """``watermark``: Generator keyword arguments (watermarker, key, signer); default Perth, unsigned."""
-        from valle.generate import GenerationOptions
-        from valle.sampling import SamplingOptions
-        from valle.synthesize import Generator
-        from watermark import load_watermarker
 
         self.checkpoint = Path(checkpoint)
         watermark = watermark or {"watermarker": load_watermarker("perth", device)}
@@ -105,8 +105,6 @@ class ValleGenerator:
         }
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
-        from valle.synthesize import SynthesisRequest
-
         results: dict[str, GenResult] = {}
         batch, seeds = [], []
         for req in requests:
@@ -145,7 +143,6 @@ class ValleGenerator:
 
 class CommandGenerator:
     """An external TTS system run once per request from a command template (no shell)."""
-
     name = "command"
     FIELDS = ("text", "prompt_wav", "prompt_text", "out_wav", "seed")
 
@@ -193,7 +190,6 @@ class CommandGenerator:
 
 class FolderGenerator:
     """Already generated audio, matched by id: ``<dir>/<id>.wav`` (one output per test item)."""
-
     name = "folder"
 
     def __init__(self, folder: str | Path) -> None:

@@ -79,6 +79,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from valle.audio import check_audio, resample
+
 FLAG_NAMES: tuple[str, ...] = (
     "max_length",
     "code_repetition",
@@ -268,8 +270,6 @@ class SpeechActivity:
         speech segments (0.0 for one segment); with no speech the result is ``(0.0, nan)``.
         """
         import torch
-
-        from valle.audio import check_audio, resample
 
         wav = np.asarray(wav, dtype=np.float32)
         if wav.ndim != 1:

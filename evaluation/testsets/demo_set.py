@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 
 from evaluation.testsets.testset import TestSet, TestSetOptions, build_test_set
+from valle.manifest import read_manifest
 
 DEMO_DIR = Path(__file__).parent / "demo"
 ESPEAK_VOICES, PIPER_VOICES, PER_SPEAKER = 4, 2, 2
@@ -33,6 +34,7 @@ DEMO_OPTIONS = TestSetOptions(protocol="cross_sentence", min_seconds=2.0, max_se
 
 def build_demo_corpus(out_dir: str | Path = DEMO_DIR, seed: int = 0) -> Path:
     """Synthesise the committed demo corpus into ``out_dir``; returns the manifest path."""
+    # local: only this maintainer's rebuild path needs the synthesis engines (eSpeak NG, Piper)
     import soundfile as sf
 
     from valle.corpus.build import CorpusConfig, Synthesizers, condition
@@ -79,7 +81,6 @@ def real_rows(manifest: str | Path, max_speakers: int = 6, per_speaker: int = PE
     """Utterances of up to ``max_speakers`` real speakers (sorted by id) that have at least
     ``per_speaker`` recordings inside the demo duration range; all of each chosen speaker's
     recordings are kept (the extra ones serve as prompt sources and ASV enrolment)."""
-    from valle.manifest import read_manifest
 
     utts = read_manifest(manifest)
     by_spk: dict[str, list] = {}
@@ -99,8 +100,6 @@ def real_rows(manifest: str | Path, max_speakers: int = 6, per_speaker: int = PE
 
 def demo_testset(real_manifest: str | Path | None = None, max_real_speakers: int = 6) -> TestSet:
     """The committed demo items plus, with ``real_manifest`` (which must exist), real-speech items."""
-    from valle.manifest import read_manifest
-
     utts = read_manifest(DEMO_DIR / "manifest.jsonl")
     source = "evaluation/testsets/demo (offline corpus tools, held-out sentences)"
     demo = build_test_set(utts, DEMO_OPTIONS, source=source)

@@ -31,6 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from detection.split import BONAFIDE, LABELS, Clip, check_clips, is_text, problems_error
+from evaluation.testsets.testset import TestSet
+from valle.audio import load_audio
+from watermark.attacks import attack_bank, select
 
 # --------------------------------------------------------------------------- sources
 
@@ -128,8 +131,6 @@ def run_generator_name(run_dir: str | Path) -> str:
 def clips_from_run(run_dir: str | Path, name: str | None = None) -> tuple[list[Clip], dict]:
     """Bona fide and spoof clips of a ``valle score`` run (module docstring) and a description of it."""
     import pandas as pd
-
-    from evaluation.testsets.testset import TestSet
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -245,8 +246,6 @@ def check_readable(clips: Sequence[Clip]) -> None:
 
 def load_clip_audio(clips: Sequence[Clip], progress: bool = False) -> list[tuple[np.ndarray, int]]:
     """``[(wav [N] float32 mono, sr)]`` in clip order; every unreadable file is listed in one error."""
-    from valle.audio import load_audio
-
     out, problems = [], []
     items = clips
     if progress:
@@ -276,8 +275,6 @@ DEFAULT_DEGRADATIONS = ("white_noise_20db", "mp3_32k", "resample_8k", "bandpass_
 
 def degradations(names: str) -> list:
     """``default`` | ``none`` | comma-separated attack names of ``watermark.attacks.attack_bank()``."""
-    from watermark.attacks import attack_bank, select
-
     if names == "none":
         return []
     wanted = list(DEFAULT_DEGRADATIONS) if names == "default" else names
