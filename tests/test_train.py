@@ -147,7 +147,8 @@ import torch
 from safetensors.torch import save_file
 
 from valle.data import TokenDataset, collate
-from valle.train import TrainConfig, backward_step, build_model, main, setup_distributed, wrap_model
+from valle.train import TrainConfig, backward_step, build_model, setup_distributed, wrap_model
+from valle.train_cli import main
 
 cache, manifest, out, grads_path = sys.argv[1:5]
 info = setup_distributed("cpu")

@@ -19,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     from evaluation.cli import diagnose as diagnose_cli
     from evaluation.cli import score as score_cli
     from evaluation.cli import smoke
-    from valle import checkpoint, synthesize, train
+    from valle import checkpoint, synthesize
+    from valle import train_cli as train
     from valle.codec import cli as codec_cli
     from valle.corpus import cli as corpus_cli
     from watermark import bench_cli as wm_bench

@@ -1,0 +1,129 @@
+"""``valle train``: the command around :mod:`valle.train` (token cache, then training), and
+``python -m valle.train_cli`` for ``torchrun``, which starts one such process per rank."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch.distributed as dist
+
+from valle.codec import CODECS, DEFAULT_CODEC, load_codec
+from valle.data import PrepareOptions, prepare_tokens
+from valle.model import PRESETS
+from valle.phonemes import Phonemizer, SymbolTable
+from valle.train import LAST, PARTS, TrainConfig, setup_distributed, train
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``train``: prepare (or reuse) the token cache, then train / resume."""
+    p = subparsers.add_parser(
+        "train",
+        help="train VALL-E (AR + NAR) on a manifest; resumes from OUT/last",
+        description="Encode a manifest's audio once into a token cache, then train VALL-E. "
+        "Run under torchrun for several GPUs; re-run the same command to resume.",
+        epilog="examples:\n"
+        "  valle train --manifest data/corpus/manifest.jsonl --out runs/tiny --preset tiny "
+        "--max-steps 20000\n"
+        "  torchrun --nproc-per-node 4 -m valle.train_cli --manifest data/corpus/manifest.jsonl "
+        "--out runs/small --preset small",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    d = TrainConfig()
+    p.add_argument("--manifest", type=Path, required=True, help="JSONL manifest of training utterances")
+    p.add_argument("--out", type=Path, required=True, help="run folder: last/ checkpoint, log.jsonl")
+    p.add_argument("--preset", choices=list(PRESETS), default=d.preset)
+    p.add_argument("--max-steps", type=int, default=d.max_steps)
+    p.add_argument("--codec", choices=CODECS, default=DEFAULT_CODEC)
+    p.add_argument("--codec-weights", type=Path, default=None, help="codec weights (default: packaged/cache)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="token cache (default: OUT/tokens)")
+    p.add_argument("--language", default="en-us", help="eSpeak NG language for phonemes")
+    p.add_argument("--strict-symbols", action="store_true", help="skip rows with unknown phoneme symbols")
+    p.add_argument("--min-seconds", type=float, default=0.5)
+    p.add_argument("--max-seconds", type=float, default=20.0)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--grad-accum", type=int, default=d.grad_accum)
+    p.add_argument("--clip-norm", type=float, default=d.clip_norm)
+    p.add_argument("--max-frames", type=int, default=d.max_frames, help="padded frames per micro-batch")
+    p.add_argument("--max-batch", type=int, default=d.max_batch)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d.device)
+    p.add_argument("--parts", choices=PARTS, default=d.parts, help="train both models or only one")
+    p.add_argument(
+        "--no-bf16", action="store_true", help="train in float32 (default: bf16 autocast where native)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``valle train``: rank 0 prepares the token cache, every rank trains."""
+    cfg = TrainConfig(
+        preset=args.preset,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps,
+        max_steps=args.max_steps,
+        grad_accum=args.grad_accum,
+        clip_norm=args.clip_norm,
+        max_frames=args.max_frames,
+        max_batch=args.max_batch,
+        seed=args.seed,
+        log_every=args.log_every,
+        ckpt_every=args.ckpt_every,
+        device=args.device,
+        bf16=not args.no_bf16,
+        parts=args.parts,
+    )
+    cache_dir = args.cache_dir or args.out / "tokens"
+    info = setup_distributed(cfg.device)
+    try:
+        error = None
+        if info.is_master:
+            try:
+                prepare_tokens(
+                    args.manifest,
+                    cache_dir,
+                    load_codec(args.codec, weights=args.codec_weights),
+                    Phonemizer(args.language),
+                    SymbolTable.default(),
+                    PrepareOptions(args.strict_symbols, args.min_seconds, args.max_seconds),
+                    progress=not args.no_progress,
+                )
+            except ValueError as err:
+                error = str(err)
+        if info.distributed:  # tell the other ranks whether the cache is there, instead of hanging
+            box = [error]
+            dist.broadcast_object_list(box, src=0)
+            error = box[0]
+        if error is not None:
+            raise ValueError(error)
+        result = train(cfg, cache_dir, args.out, progress=not args.no_progress)
+        if info.is_master:
+            print(json.dumps({"step": result.step, "out": str(result.out_dir / LAST), **result.last_metrics}))
+        return 0
+    finally:
+        if info.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m valle.train_cli ...`` (what ``torchrun -m valle.train_cli`` runs on each rank)."""
+    parser = argparse.ArgumentParser(prog="valle")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["train", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return run(args)
+    except ValueError as err:
+        print(f"valle train: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
