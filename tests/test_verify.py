@@ -22,7 +22,8 @@ from watermark.provenance import (
     load_public_key,
     sign_manifest,
 )
-from watermark.verify import add_parser, decide_verdict, key_check, read_audio, verify_file
+from watermark.verify import decide_verdict, key_check, read_audio, verify_file
+from watermark.verify_cli import add_parser
 
 MODEL = "c" * 64
 TEXTS = {

@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     from valle.codec import cli as codec_cli
     from valle.corpus import cli as corpus_cli
     from watermark import bench_cli as wm_bench
-    from watermark import verify as wm_verify
+    from watermark import verify_cli as wm_verify
 
     parser = argparse.ArgumentParser(
         prog="valle",
