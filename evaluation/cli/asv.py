@@ -14,12 +14,12 @@ import pandas as pd
 
 from evaluation.bypass.asv import AsvConfig, run_asv, write_outputs
 from evaluation.testsets.detector_data import jsonl_objects
+from evaluation.testsets.testset import TestSet
+from valle.manifest import read_manifest
 
 
 def read_real_rows(path: str | Path) -> list[dict]:
     """Rows ``{id, speaker, audio}`` of a real-speech manifest (``valle.manifest``; files must exist)."""
-    from valle.manifest import read_manifest
-
     return [{"id": u.id, "speaker": u.speaker, "audio": str(u.audio)} for u in read_manifest(path)]
 
 
@@ -50,7 +50,6 @@ def _spoofs_from_manifest(path: Path) -> tuple[list[dict], dict]:
 def _spoofs_from_run(run_dir: Path) -> tuple[list[dict], dict]:
     """The ``status == ok`` generations of a ``valle score`` run; the cloned target is the test
     item's ``speaker``. Each (item, seed) output is one spoof, id = the generation ``key``."""
-    from evaluation.testsets.testset import TestSet
 
     table = run_dir / "tables" / "generations.parquet"
     if not table.is_file():

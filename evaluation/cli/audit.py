@@ -6,7 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from evaluation.audit.state import STAGES, AuditOptions
+from evaluation.audit.stages import run_audit
+from evaluation.audit.state import STAGES, AuditOptions, timing_summary
+from evaluation.cli.score import add_testset_args, load_testset
+from evaluation.testsets.demo_set import demo_testset
 
 EXAMPLES = """examples:
   valle audit                                   # demo checkpoint + committed demo test set, offline
@@ -23,8 +26,6 @@ A killed audit resumes when the same command is run again. Stages: """ + ", ".jo
 
 
 def add_parser(sub) -> None:
-    from evaluation.cli.score import add_testset_args
-
     p = sub.add_parser(
         "audit",
         help="the main job: generate -> verify -> score -> detect -> ASV bypass -> watermark -> scorecard",
@@ -82,18 +83,12 @@ def add_parser(sub) -> None:
 
 
 def _testset(args):
-    from evaluation.cli.score import load_testset
-    from evaluation.testsets.demo_set import demo_testset
-
     if args.manifest or args.testset or args.seed_tts_meta:
         return load_testset(args)
     return demo_testset(args.extra_real)
 
 
 def run(args: argparse.Namespace) -> int:
-    from evaluation.audit.stages import run_audit
-    from evaluation.audit.state import timing_summary
-
     paths = {
         k: str(getattr(args, k))
         for k in ("asr_model", "speaker_model", "watermark_generator", "watermark_detector", "codec_weights")

@@ -20,6 +20,8 @@ import json
 import math
 from pathlib import Path
 
+from evaluation.runs.summary import compare_runs
+
 SCHEMA = 1
 
 
@@ -76,7 +78,6 @@ def compare(runs: list[str | Path]) -> dict:
     run], "diff": [None, estimate + "excludes_zero" | None, ...]}}}``, an estimate being
     ``{value, low, high, n}``.
     """
-    from evaluation.runs.summary import compare_runs
 
     paths = [Path(r) for r in runs]
     if len(paths) < 2:

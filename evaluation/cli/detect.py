@@ -73,6 +73,7 @@ from evaluation.testsets.detector_data import (
     degradations,
     load_clip_audio,
 )
+from valle.audio import load_audio
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac")
 
@@ -164,7 +165,6 @@ MIN_SCORE_SECONDS = 0.25  # shorter clips hold too few feature frames for any de
 def score_files(detector, paths: Sequence[str | Path]) -> list[dict]:
     """Per file ``{path, score, p_spoof, decision}`` or ``{path, error}``; ``decision`` uses the
     detector's stored EER threshold (None when it has none), ``p_spoof`` its stored calibration."""
-    from valle.audio import load_audio
 
     thr = stored_threshold(detector)
     entries: list[dict] = []

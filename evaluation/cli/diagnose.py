@@ -8,6 +8,12 @@ import sys
 import time
 from pathlib import Path
 
+from evaluation import diagnose as dg
+from valle.checkpoint import load_checkpoint
+from valle.codec import CODECS, DEFAULT_CODEC, load_codec, load_codec_for
+from valle.manifest import read_manifest
+from valle.sampling import PAPER_RAS_THRESHOLD, SamplingOptions, ras_firing_rate
+
 EXAMPLES = """examples:
   valle diagnose --checkpoint checkpoints/demo --manifest heldout/manifest.jsonl --out diag.json
   valle diagnose --codec contentvq_24khz --manifest heldout/manifest.jsonl \\
@@ -16,8 +22,6 @@ EXAMPLES = """examples:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from valle.codec import CODECS
-
     p = subparsers.add_parser(
         "diagnose",
         help="generator diagnostics: codec oracle WER, AR text dependence, NAR per stage vs floor",
@@ -53,12 +57,6 @@ def say(msg: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from evaluation import diagnose as dg
-    from valle.checkpoint import load_checkpoint
-    from valle.codec import DEFAULT_CODEC, load_codec, load_codec_for
-    from valle.manifest import read_manifest
-    from valle.sampling import PAPER_RAS_THRESHOLD, SamplingOptions, ras_firing_rate
-
     if args.out is not None and args.out.exists() and args.out.is_dir():
         raise ValueError(f"--out {args.out} is a folder; give a JSON file path")
     t0 = time.time()

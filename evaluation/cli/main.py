@@ -6,26 +6,24 @@ from __future__ import annotations
 import argparse
 import sys
 
-from valle import __version__
+from evaluation.cli import asv as asv_cli
+from evaluation.cli import audit as audit_cli
+from evaluation.cli import compare as compare_cli
+from evaluation.cli import detect as detect_cli
+from evaluation.cli import diagnose as diagnose_cli
+from evaluation.cli import score as score_cli
+from evaluation.cli import smoke
+from valle import __version__, checkpoint, synthesize
+from valle import train_cli as train
+from valle.codec import cli as codec_cli
+from valle.corpus import cli as corpus_cli
+from watermark import bench_cli as wm_bench
+from watermark import verify_cli as wm_verify
 
 EXPECTED_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from evaluation.cli import asv as asv_cli
-    from evaluation.cli import audit as audit_cli
-    from evaluation.cli import compare as compare_cli
-    from evaluation.cli import detect as detect_cli
-    from evaluation.cli import diagnose as diagnose_cli
-    from evaluation.cli import score as score_cli
-    from evaluation.cli import smoke
-    from valle import checkpoint, synthesize
-    from valle import train_cli as train
-    from valle.codec import cli as codec_cli
-    from valle.corpus import cli as corpus_cli
-    from watermark import bench_cli as wm_bench
-    from watermark import verify_cli as wm_verify
-
     parser = argparse.ArgumentParser(
         prog="valle",
         description="VALL-E generator with evaluation, detection, watermarking and audit harnesses.",

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from evaluation.runs.run import STAGES, build_run_options, rank_world, score
+from evaluation.runs.summary import merge
 from evaluation.testsets.testset import (
     PROTOCOLS,
     TestSet,
@@ -13,7 +15,8 @@ from evaluation.testsets.testset import (
     build_test_set,
     seed_tts_eval_test_set,
 )
-from valle.synthesize import add_watermark_args
+from valle.manifest import read_manifest
+from valle.synthesize import add_watermark_args, watermark_setup
 
 RAW = argparse.RawDescriptionHelpFormatter
 
@@ -38,7 +41,6 @@ def load_testset(args) -> TestSet:
         return TestSet.load(args.testset)
     if args.seed_tts_meta:
         return seed_tts_eval_test_set(args.seed_tts_meta)
-    from valle.manifest import read_manifest
 
     opts = TestSetOptions(
         protocol=args.protocol,
@@ -145,9 +147,6 @@ def run_testset(args) -> int:
 
 
 def run_score(args) -> int:
-    from evaluation.runs.run import STAGES, build_run_options, rank_world, score
-    from valle.synthesize import watermark_setup
-
     valle = args.generator.startswith("valle:")
     options = build_run_options(
         args.generator,
@@ -177,8 +176,6 @@ def run_score(args) -> int:
 
 
 def run_merge(args) -> int:
-    from evaluation.runs.summary import merge
-
     summary = merge(args.run)
     if not summary:
         raise ValueError(f"{args.run}: no score tables to merge")

@@ -16,7 +16,17 @@ import json
 import time
 from pathlib import Path
 
-from valle.codec import CODECS, DEFAULT_CODEC
+from evaluation.scorers.asr import FasterWhisperASR
+from evaluation.scorers.wer import utterance_wer, word_error_rate
+from valle.audio import load_audio
+from valle.codec import CODECS, DEFAULT_CODEC, load_codec
+from valle.corpus.build import Synthesizers
+from valle.corpus.sentences import heldout_sentences, training_sentences
+from valle.corpus.speakers import select_speakers, speaker_catalogue
+from valle.generate import GenerationOptions
+from valle.manifest import read_manifest
+from valle.synthesize import Generator
+from watermark import load_watermarker
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -51,12 +61,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_valle(args, synth, asr, heldout) -> dict:
     """Zero-shot TTS with the checkpoint: a corpus voice reads a training sentence as the ~3 s
     prompt, the model speaks held-out sentences in that voice; outputs are watermarked."""
-    from evaluation.scorers.wer import utterance_wer
-    from valle.corpus.sentences import training_sentences
-    from valle.corpus.speakers import speaker_catalogue
-    from valle.generate import GenerationOptions
-    from valle.synthesize import Generator
-    from watermark import load_watermarker
 
     speaker = next((s for s in speaker_catalogue() if s.id == args.prompt_speaker), None)
     if speaker is None:
@@ -84,13 +88,6 @@ def run_valle(args, synth, asr, heldout) -> dict:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from evaluation.scorers.asr import FasterWhisperASR
-    from evaluation.scorers.wer import utterance_wer, word_error_rate
-    from valle.codec import load_codec
-    from valle.corpus.build import Synthesizers
-    from valle.corpus.sentences import heldout_sentences
-    from valle.corpus.speakers import select_speakers
-
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}")
     torch.set_num_threads(2)
@@ -109,9 +106,6 @@ def run(args: argparse.Namespace) -> int:
         for spk, sent in zip(speakers, sentences, strict=False)
     ]
     if args.extra_real is not None:
-        from valle.audio import load_audio
-        from valle.manifest import read_manifest
-
         real = [u for u in read_manifest(args.extra_real) if u.duration and 3.0 <= u.duration <= 6.0][:2]
         items += [(u.speaker, u.id, u.text, lambda u=u: load_audio(u.audio)) for u in real]
     rows = []
