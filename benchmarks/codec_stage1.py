@@ -29,8 +29,8 @@ from evaluation.scorers.asr import FasterWhisperASR
 from evaluation.scorers.wer import word_error_rate
 from valle.audio import load_audio
 from valle.codec import load_codec
-from valle.codec.contentvq import content_view, dct_matrix, nearest, smooth_time
-from valle.codec.melvq import augment_level_and_noise, kmeans
+from valle.codec.contentvq import content_view, dct_matrix, fit_content_stage, nearest, smooth_time
+from valle.codec.melvq import augment_level_and_noise
 from valle.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,12 +46,8 @@ def fit_stage1(codec, manifest: Path, k: int, n_utts: int = 700, seed: int = 0):
     with torch.inference_mode():
         wavs = (augment_level_and_noise(load_audio(u.audio, 24000)[0], rng) for u in utts)
         mels = [codec.frontend.analyse(torch.from_numpy(w)) for w in wavs]
-    views = torch.cat([content_view(m, codec.cfg.n_cep) for m in mels])
     gen = torch.Generator().manual_seed(seed)
-    keep = torch.randperm(len(views), generator=gen)[: max(80_000, 40 * k)]
-    centres, labels = kmeans(views[keep], k, 20, gen)
-    counts = torch.bincount(labels, minlength=k).clamp_min(1)[:, None]
-    decoder = torch.zeros(k, mels[0].shape[1]).index_add_(0, labels, torch.cat(mels)[keep]) / counts
+    centres, decoder, _ = fit_content_stage(mels, codec.cfg.n_cep, k, 20, gen, max(80_000, 40 * k))
 
     def decode(logmel: torch.Tensor) -> torch.Tensor:
         c = nearest(content_view(logmel, codec.cfg.n_cep), centres)

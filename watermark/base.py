@@ -22,6 +22,9 @@ MIN_SAMPLE_RATE = 4_000
 MAX_SAMPLE_RATE = 192_000
 # Peak below this (-80 dBFS) is treated as digital silence.
 SILENCE_PEAK = 1e-4
+# The shortest clip any backend here marks (Perth's minimum): shorter audio can neither carry nor show
+# a mark, so verification and the robustness bench refuse it.
+MIN_MARK_SECONDS = 0.25
 
 
 class WatermarkError(ValueError):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from watermark.base import SILENCE_PEAK
+from watermark.base import MIN_MARK_SECONDS, SILENCE_PEAK
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
@@ -147,7 +147,6 @@ def load_clips(source: Path, max_clips: int | None = None) -> list[tuple[np.ndar
     return clips
 
 
-MIN_SECONDS = 0.25  # the shortest clip a backend here marks
 MAX_CLIPPED = 0.01  # share of full-scale samples above which a clip is not natural speech
 
 
@@ -157,8 +156,8 @@ def clip_problem(wav: np.ndarray, sr: int) -> str | None:
     not speech, and as a clean clip it would set the false-alarm threshold for every attack."""
     if not np.all(np.isfinite(wav)):
         return f"{int((~np.isfinite(wav)).sum())} NaN/Inf samples"
-    if len(wav) < MIN_SECONDS * sr:
-        return f"{len(wav)} samples ({len(wav) / sr:.3f} s), under the {MIN_SECONDS:g} s a mark needs"
+    if len(wav) < MIN_MARK_SECONDS * sr:
+        return f"{len(wav)} samples ({len(wav) / sr:.3f} s), under the {MIN_MARK_SECONDS:g} s a mark needs"
     peak = float(np.abs(wav).max())
     if peak < SILENCE_PEAK:
         return "silent (peak below -80 dBFS): nothing a mark could be in"

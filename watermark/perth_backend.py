@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from watermark.base import Detection, WatermarkError, check_payload, check_wav, fit_length
+from watermark.base import MIN_MARK_SECONDS, Detection, WatermarkError, check_payload, check_wav, fit_length
 
-MIN_SECONDS = 0.25
+MIN_SECONDS = MIN_MARK_SECONDS  # PerthNet needs this much audio; shorter clips are padded
 
 
 class PerthWatermarker:

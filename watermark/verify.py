@@ -35,7 +35,7 @@ import numpy as np
 import soundfile as sf
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from watermark.base import Watermarker, WatermarkError
+from watermark.base import MIN_MARK_SECONDS, SILENCE_PEAK, Watermarker, WatermarkError
 from watermark.keys import KeyRing, UnknownKeyIdError
 from watermark.provenance import (
     SCHEMA,
@@ -59,11 +59,7 @@ VERDICTS = (
     "unreadable",
 )
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".opus", ".aiff", ".aif")
-SILENCE_PEAK = 1e-4  # below this peak there is nothing a watermark could survive in
 UNKNOWN_KEY_ID = "unknown_key_id"
-
-
-MIN_SECONDS = 0.25  # the shortest clip a backend here marks (Perth's minimum)
 
 
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
@@ -72,10 +68,10 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as err:
         raise ValueError(f"cannot read audio {path}: {err}") from None
-    if data.shape[0] < MIN_SECONDS * sr:  # a header with a few samples is not audio a mark could be in
+    if data.shape[0] < MIN_MARK_SECONDS * sr:  # a header with a few samples is not audio a mark could be in
         raise ValueError(
             f"audio {path} has {data.shape[0]} samples ({data.shape[0] / sr:.4f} s), under the "
-            f"{MIN_SECONDS:g} s any watermark needs"
+            f"{MIN_MARK_SECONDS:g} s any watermark needs"
         )
     wav = data.mean(axis=1).astype(np.float32)
     if not np.all(np.isfinite(wav)):

@@ -175,12 +175,12 @@ class Codec(ABC):
         wav = self._decode(codes.long())
         return wav.float().cpu().numpy().reshape(-1), self.sample_rate
 
+    @abstractmethod
     def neutral_codes(self) -> torch.Tensor:
         """Per codebook, the code that changes the decoded frame least (``LongTensor[Q]``).
 
         Filling codebooks 2..Q with these is the "neutral fill" of the codec oracle: what codebook 1
         alone says. For residual quantisers it is the entry nearest zero."""
-        raise NotImplementedError(f"{type(self).__name__} has no neutral codes")
 
     @abstractmethod
     def _encode(self, wav: torch.Tensor) -> torch.Tensor:

@@ -108,10 +108,9 @@ def run_roundtrip(args: argparse.Namespace) -> int:
     codes = codec.encode(wav, sr, name=str(args.input))
     out, out_sr = codec.decode(codes)
     if float(np.abs(out).max()) >= SILENCE_PEAK:  # silence has nothing to mark, and nothing to misuse
-        # the backend's own class method (see watermark.check_registered); perth prints to stdout
-        with contextlib.redirect_stdout(sys.stderr):
+        with contextlib.redirect_stdout(sys.stderr):  # perth announces itself on stdout
             wm = load_watermarker(DEFAULT_WATERMARKER)
-        out = type(wm).embed(wm, out, out_sr)
+        out = wm.embed(out, out_sr)
     save_audio(args.output, out, out_sr)
     np.save(args.output.with_suffix(".codes.npy"), codes.numpy().astype(np.int16))
     print(f"{args.input} -> {tuple(codes.shape)} codes -> {args.output} ({len(out) / out_sr:.2f} s)")

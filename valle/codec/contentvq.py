@@ -186,6 +186,20 @@ class ContentVQCodec(Codec):
         return torch.cat([first[None], rest])
 
 
+def fit_content_stage(
+    mels: list[torch.Tensor], n_cep: int, k: int, iters: int, gen: torch.Generator, max_frames: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stage 1 on log-mels ``[T_i, n_mels]``: k-means on the content views of ``max_frames`` frames
+    drawn at random, and each cluster's mean log-mel as its decoder centre. Returns (content centres
+    ``[k, n_cep]``, decoder centres ``[k, n_mels]``, the indices of the frames used)."""
+    views = torch.cat([content_view(x, n_cep) for x in mels])
+    keep = torch.randperm(len(views), generator=gen)[:max_frames]
+    centres, labels = kmeans(views[keep], k, iters, gen)
+    counts = torch.bincount(labels, minlength=k).clamp_min(1)[:, None]
+    decoder = torch.zeros(k, mels[0].shape[1]).index_add_(0, labels, torch.cat(mels)[keep]) / counts
+    return centres, decoder, keep
+
+
 def fit_contentvq(
     wavs: Iterable[np.ndarray],
     cfg: ContentVQConfig = ContentVQConfig(),
@@ -212,7 +226,6 @@ def fit_contentvq(
             frontend.analyse(torch.from_numpy(augment_level_and_noise(w, rng) if augment else w))
             for w in wavs
         ]
-    views = [content_view(x, cfg.n_cep) for x in mels]
     n_frames = sum(len(x) for x in mels)
     if n_frames < m.codebook_size * 4:
         raise CodecError(
@@ -220,12 +233,10 @@ def fit_contentvq(
             f"(need at least {m.codebook_size * 4}, about {m.codebook_size * 4 / 75:.0f} s of audio)"
         )
     gen = torch.Generator().manual_seed(seed)
-    keep = torch.randperm(n_frames, generator=gen)[:max_frames]
     stages = tqdm(range(m.n_codebooks), desc="fit codebooks", disable=not progress)
-    logmel = torch.cat(mels)
-    content, labels = kmeans(torch.cat(views)[keep], m.codebook_size, kmeans_iters, gen)
-    counts = torch.bincount(labels, minlength=m.codebook_size).clamp_min(1)
-    decoder = torch.zeros(m.codebook_size, m.n_mels).index_add_(0, labels, logmel[keep]) / counts[:, None]
+    content, decoder, keep = fit_content_stage(
+        mels, cfg.n_cep, m.codebook_size, kmeans_iters, gen, max_frames
+    )
     stages.update(1)
     codec = ContentVQCodec(
         content, decoder, torch.zeros(m.n_codebooks - 1, m.codebook_size, m.n_mels), cfg, ""
