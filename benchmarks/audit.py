@@ -64,11 +64,8 @@ def main() -> int:
     ap.add_argument("--keep", type=Path, default=None, help="clone here and keep it (default: a temp dir)")
     args = ap.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="valle-audit-bench-"))
-    clone = work / "clone"
-    # the clone sits beside a link to ../shared, as the checkout does, so real speech is found
-    shared = REPO.parent / "shared"
-    if shared.is_dir() and not (work / "shared").exists():
-        (work / "shared").symlink_to(shared)
+    work.mkdir(parents=True, exist_ok=True)
+    clone = work / "clone"  # `make demo` reads nothing outside its clone (no ../shared)
     log = work / "bench.log"
     commit = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True

@@ -26,9 +26,15 @@ METRICS = ("wer", "sim_prompt", "repetition_ratio", "rate_code_repetition", "rat
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "ras_ab")
+    ap.add_argument(
+        "--extra-real",
+        type=Path,
+        default=REPO.parent / "shared" / "data" / "real_speech" / "manifest.jsonl",
+        help="real recordings added to the demo test set (as the recorded figures were made)",
+    )
     args = ap.parse_args()
     valle = [sys.executable, "-m", "evaluation.cli.main"]
-    common = ["audit", "--seeds", "0", "1", "--no-quality", "--quiet"]
+    common = ["audit", "--seeds", "0", "1", "--no-quality", "--quiet", "--extra-real", str(args.extra_real)]
     on, off = args.out / "ras_on", args.out / "ras_off"
     for out, extra in ((on, []), (off, ["--no-ras"])):
         subprocess.run([*valle, *common, *extra, "--out", str(out)], cwd=REPO, check=True)
@@ -44,7 +50,7 @@ def main() -> int:
         figures.update({f"{name}_diff_low": d["low"], f"{name}_diff_high": d["high"]})
     config = json.loads((on / "config.json").read_text())
     data = (
-        f"demo checkpoint, `valle audit` default test set ({config['n_items']} items: "
+        f"demo checkpoint, `valle audit` demo test set + --extra-real ({config['n_items']} items: "
         f"{config['testset_source']}), seeds 0 1, DNSMOS off; diff = RAS off - RAS on, paired over items"
     )
     print(json.dumps(figures, indent=2))
