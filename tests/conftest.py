@@ -11,6 +11,21 @@ import pytest
 REAL_SPEECH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real_speech"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_valle_home(tmp_path_factory):
+    """Generation creates the user's default watermark key on first use ($VALLE_HOME/keys): keep the
+    tests' keys out of the real home directory."""
+    import os
+
+    before = os.environ.get("VALLE_HOME")
+    os.environ["VALLE_HOME"] = str(tmp_path_factory.mktemp("valle_home"))
+    yield
+    if before is None:
+        os.environ.pop("VALLE_HOME", None)
+    else:
+        os.environ["VALLE_HOME"] = before
+
+
 @pytest.fixture(scope="session")
 def real_speech_dir() -> Path:
     """``../shared/data/real_speech`` (real read English speech); skip when it is absent."""

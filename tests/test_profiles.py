@@ -56,9 +56,10 @@ def test_offline_profile_passes_here_with_every_bundled_file_hashed(empty_caches
     assert r.scoring_kwargs() == {"asr": "faster-whisper", "asr_model": None, "speaker": "resemblyzer",
                                   "speaker_model": None}  # fmt: skip
     assert (r.watermark, r.watermark_kwargs, r.detector, r.detector_size, r.quality) == (
-        "perth", {}, "lfcc-gmm", "small", "dnsmos"
+        "keyed", {}, "lfcc-gmm", "small", "dnsmos"
     )  # fmt: skip
-    assert {f["role"] for f in r.files} == {"asr", "speaker", "watermark", "quality", "vad", "codec"}
+    # the keyed watermark has no weights, so no watermark file is listed
+    assert {f["role"] for f in r.files} == {"asr", "speaker", "quality", "vad", "codec"}
     assert all(f["sha256"] and len(f["sha256"]) == 64 for f in r.files)  # every offline file is pinned
     codec = next(f for f in r.files if f["role"] == "codec")
     assert codec["sha256"] == json.loads((DEMO / "config.json").read_text())["codec"]["weights_sha256"]
@@ -171,7 +172,8 @@ def test_missing_or_non_checkpoint_directory_is_a_clear_error(tmp_path):
 
 def test_overrides_that_do_not_apply_and_unknown_profiles_are_refused(tmp_path):
     with pytest.raises(
-        ProfileError, match=r"--watermark-generator \(profile 'offline' uses perth.*does not apply"
+        ProfileError,
+        match=r"--watermark-generator \(profile 'offline' uses keyed, which has no weights.*does not apply",
     ):
         check_profile("offline", Overrides(watermark_generator=tmp_path / "g.pth"))
     with pytest.raises(ProfileError, match=r"--speaker-model .*does not apply"):

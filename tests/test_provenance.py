@@ -238,8 +238,15 @@ def test_ledger_lookup_by_decoded_payload(tmp_path, keys):
         "audio_sha256": manifests[1]["audio_sha256"],
         "created": manifests[1]["created"],
         "key_id": "lab-1",
+        "bit_errors": 0,
+        "chance": 4 / 16,  # 4 entries, each hit by a random 4-bit payload with probability 1/16
         "signature_valid": True,
     }
+    # an attacked copy decodes a bit wrong: with a budget the entries one bit away are found, closest first
+    assert ledger_matches_for_payload(ledger.entries(), (1, 1, 0, 0)) == []
+    near = ledger_matches_for_payload(ledger.entries(), (1, 1, 0, 0), max_bit_errors=1)
+    assert {m["utterance_id"] for m in near} >= {"utt-1", "utt-3"}
+    assert all(m["bit_errors"] == 1 for m in near) and near[0]["chance"] == min(1.0, 4 * 5 / 16)
     assert ledger_matches_for_payload(ledger.entries(), "0101", keys["pub"])[0]["utterance_id"] == "utt-0"
     assert ledger_matches_for_payload(ledger.entries(), (0, 0, 0, 0)) == []
     assert ledger_matches_for_payload(ledger.entries(), None) == []  # presence-only marks name nobody

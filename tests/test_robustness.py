@@ -146,7 +146,9 @@ def test_perth_battery_on_real_speech(perth, two_real_clips, one_torch_thread):
         (base["snr_db"] > 15).all() and (base["stoi"] > 0.9).all() and base["pesq_wb"].between(3, 4.7).all()
     )
     table = markdown_table(per_attack)
-    assert table.splitlines()[2].startswith("| none | 1.000 | 1.000 |") and "n/a" in table
+    assert table.splitlines()[2].startswith("| none | 1.000 | 0.000 | 1.000 | 1.000 |") and "n/a" in table
+    # the decision columns are the scorecard's computation: Wilson intervals on the same counts
+    assert none["tpr"] == 1.0 and none["n"] == 2 and none["tpr_low"] == pytest.approx(0.342, abs=1e-3)
 
 
 def test_quality_of_identical_and_noisy_audio(two_real_clips):

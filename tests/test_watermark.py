@@ -71,4 +71,4 @@ def test_check_wav_names_the_audio_and_the_problem(wav, sr, message):
 def test_check_wav_accepts_usable_audio():
     check_wav(np.zeros(10, np.float32), 16000, "silence")  # silence is fine unless refused explicitly
     check_wav(np.ones(10, np.float64) * 0.1, np.int64(48000), "clip", allow_silent=False)
-    assert WATERMARKERS == ("perth", "audioseal")
+    assert WATERMARKERS == ("perth", "audioseal", "keyed")

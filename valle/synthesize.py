@@ -29,7 +29,7 @@ from valle.generate import (
 from valle.phonemes import Phonemizer, text_to_ids
 from valle.sampling import SamplingOptions, calibrated
 from watermark import check_registered
-from watermark.base import Watermarker, WatermarkError
+from watermark.base import Watermarker, WatermarkError, carries_payload
 from watermark.keys import WatermarkKey
 from watermark.provenance import Ledger, build_manifest, payload_from_str, payload_to_str, sign_manifest
 
@@ -274,7 +274,7 @@ class Generator:
                 ok = bool(det.detected)
                 rec.verification = {"detected": ok, "score": round(det.score, 4)}
                 if rec.watermark["payload"] is not None:
-                    same = payload_to_str(det.payload) == rec.watermark["payload"]
+                    same = carries_payload(self.watermarker, det, payload_from_str(rec.watermark["payload"]))
                     rec.verification.update(payload_match=same, detected=ok and same)
             else:
                 rec.verification = {"detected": False, "score": 0.0, "reason": rec.watermark["reason"]}
@@ -335,14 +335,19 @@ def add_parser(subparsers) -> None:
 
 def add_watermark_args(p) -> None:
     """The options every command that writes generated audio shares."""
-    p.add_argument("--watermark", default="perth", help="watermark backend: perth (offline) | audioseal")
+    p.add_argument(
+        "--watermark",
+        default="keyed",
+        help="watermark backend: keyed (default; offline, keyed, p-value) | perth (offline) | audioseal",
+    )
     p.add_argument("--watermark-generator", type=Path, default=None, help="audioseal: generator .pth")
     p.add_argument("--watermark-detector", type=Path, default=None, help="audioseal: detector .pth")
     p.add_argument(
         "--key-file",
         type=Path,
         default=None,
-        help="watermark key (JSON; default: $VALLE_WATERMARK_KEY if set)",
+        help="watermark key (JSON; default: $VALLE_WATERMARK_KEY if set, else $VALLE_HOME/keys/"
+        "watermark.key.json, created on first use)",
     )
     p.add_argument(
         "--signing-key", type=Path, default=None, help="Ed25519 PEM: sign a provenance manifest per file"
@@ -354,7 +359,7 @@ def watermark_setup(args, device: str = "cpu") -> dict:
     import os
 
     from watermark import load_watermarker
-    from watermark.keys import ENV_VAR, load_key
+    from watermark.keys import ENV_VAR, default_key, load_key
     from watermark.provenance import load_signing_key
 
     kwargs = {}
@@ -363,6 +368,9 @@ def watermark_setup(args, device: str = "cpu") -> dict:
     key = None
     if args.key_file is not None or os.environ.get(ENV_VAR):
         key = load_key(args.key_file)
+    if args.watermark == "keyed":
+        key = key or default_key()
+        kwargs = {"key": key}  # the same key places the mark and derives its payload
     signer = load_signing_key(args.signing_key) if args.signing_key else None
     return {"watermarker": load_watermarker(args.watermark, device, **kwargs), "key": key, "signer": signer}
 

@@ -15,7 +15,7 @@ import inspect
 
 from watermark.base import Detection, Watermarker, WatermarkError
 
-WATERMARKERS = ("perth", "audioseal")
+WATERMARKERS = ("perth", "audioseal", "keyed")
 DEFAULT_WATERMARKER = "perth"
 
 
@@ -29,6 +29,10 @@ def backend_class(name: str) -> type:
         from watermark.audioseal_backend import AudioSealWatermarker
 
         return AudioSealWatermarker
+    if name == "keyed":
+        from watermark.keyed import KeyedWatermarker
+
+        return KeyedWatermarker
     raise WatermarkError(f"unknown watermark backend {name!r}; choose one of {', '.join(WATERMARKERS)}")
 
 

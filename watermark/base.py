@@ -39,6 +39,12 @@ class Detection:
     detected: bool  # score >= the backend's decision threshold
     payload: tuple[int, ...] | None = None  # decoded bits, for backends that carry a payload
     frame_probs: np.ndarray | None = None  # per-frame/sample presence probabilities when available
+    # analytic bound on the probability that audio not marked with this key scores this high (keyed
+    # backend); None where the backend states no false-alarm rate
+    p_value: float | None = None
+    # per-channel-bit soft values of the payload (keyed backend): lets a verifier score candidate
+    # payloads (a ledger's) against the audio instead of comparing hard-decoded bits
+    payload_soft: np.ndarray | None = None
 
 
 @runtime_checkable
@@ -56,6 +62,23 @@ class Watermarker(Protocol):
         ...
 
     def detect(self, wav: np.ndarray, sr: int) -> Detection: ...
+
+
+# A payload is "carried" when its soft score reaches this z (keyed backend; exp(-z^2 / 2) = 3.7e-6 for a
+# payload the key did not embed): hard-decoded bits of a short clip can be wrong while the mark is clear.
+PAYLOAD_Z = 5.0
+
+
+def carries_payload(watermarker: Watermarker, det: Detection, payload: Sequence[int] | None) -> bool:
+    """Does audio in which ``det`` was detected carry ``payload``? Backends with soft payload scores
+    (``payload_z``, the keyed mark) test the claimed payload directly (``z >= PAYLOAD_Z``); the others
+    compare their decoded bits with it."""
+    if payload is None or not det.detected:
+        return False
+    score = getattr(watermarker, "payload_z", None)
+    if score is not None and det.payload_soft is not None:
+        return score(det.payload_soft, payload) >= PAYLOAD_Z
+    return det.payload is not None and tuple(det.payload) == tuple(payload)
 
 
 def check_wav(wav: np.ndarray, sr: int, name: str = "audio", allow_silent: bool = True) -> None:

@@ -110,6 +110,28 @@ def generate_key(path: str | Path, key_id: str) -> WatermarkKey:
     return key
 
 
+def default_key_path() -> Path:
+    """``$VALLE_HOME/keys/watermark.key.json`` (``VALLE_HOME`` defaults to ``~/.config/valle``)."""
+    home = Path(os.environ.get("VALLE_HOME") or Path.home() / ".config" / "valle")
+    return home / "keys" / "watermark.key.json"
+
+
+def default_key() -> WatermarkKey:
+    """The key generation uses when none is given: ``$VALLE_WATERMARK_KEY`` if set, else the user's
+    default key file, created (mode 0600, id ``default``) on first use. Secrets live in one private
+    place, never in a run directory."""
+    if os.environ.get(ENV_VAR):
+        return load_key(None)
+    path = default_key_path()
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            return generate_key(path, "default")
+        except FileExistsError:  # another process created it first: use theirs
+            pass
+    return load_key(path)
+
+
 def load_key(path: str | Path | None = None, env: str = ENV_VAR) -> WatermarkKey:
     """Load a key from ``path`` (JSON key file) or, when ``path`` is None, from the variable ``env``."""
     if path is not None:

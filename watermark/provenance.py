@@ -30,6 +30,7 @@ import base64
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,6 +43,9 @@ from watermark.base import WatermarkError
 
 SCHEMA = "valle-provenance/1"
 GENESIS = "0" * 64
+# soft payload score that links a copy to a ledger entry: exp(-z^2 / 2) = 3.7e-6 per unrelated entry.
+# (Entries marked with the same key score up to ~0.35 z of the true one: the strongest match is first.)
+LINK_Z = 5.0
 _UNSIGNED = ("signature",)
 
 
@@ -408,30 +412,56 @@ def ledger_matches_for_payload(
     entries: list[LedgerEntry],
     payload: tuple[int, ...] | str | None,
     public_key: Ed25519PublicKey | None = None,
+    max_bit_errors: int = 0,
+    score: Callable[[tuple[int, ...]], float] | None = None,
+    min_z: float = LINK_Z,
 ) -> list[dict]:
-    """Ledger entries whose manifest payload equals ``payload`` (a decoded mark): who this copy came from.
+    """Ledger entries whose manifest payload is within ``max_bit_errors`` bits of ``payload`` (a decoded
+    mark): who this copy came from. Closest first.
 
-    Each match: line, utterance_id, audio_sha256, created, key_id and (with ``public_key``)
-    signature_valid. [] for a None payload: presence-only marks identify no entry.
+    With ``score`` (a backend's soft payload score, e.g. ``KeyedWatermarker.payload_z``: a z-score,
+    sub-Gaussian for payloads not in the audio) every entry's payload is scored against the audio
+    instead, and entries with ``z >= min_z`` match, strongest first: this uses all of the mark's
+    payload energy and survives bit errors that hard decoding makes.
+
+    Each match: line, utterance_id, audio_sha256, created, key_id, bit_errors (hard) or payload_z
+    (soft), chance (a bound on a false link: the probability that an unrelated payload lies this close,
+    times the number of entries) and, with ``public_key``, signature_valid. [] for a None payload:
+    presence-only marks identify no entry.
     """
+    from math import comb, exp
+
     bits = payload if isinstance(payload, str) or payload is None else payload_to_str(payload)
     if not bits:
         return []
     out = []
     for e in entries:
-        if e.manifest.get("payload") != bits:
+        theirs = e.manifest.get("payload")
+        if not isinstance(theirs, str) or len(theirs) != len(bits):
             continue
+        if score is not None:
+            z = score(payload_from_str(theirs))
+            if z < min_z:
+                continue
+            link = {"payload_z": round(z, 2), "chance": min(1.0, exp(-(z**2) / 2) * len(entries))}
+        else:
+            errors = sum(a != b for a, b in zip(theirs, bits, strict=True))
+            if errors > max_bit_errors:
+                continue
+            chance = sum(comb(len(bits), k) for k in range(errors + 1)) / 2 ** len(bits) * len(entries)
+            link = {"bit_errors": errors, "chance": min(1.0, chance)}
         match = {
             "line": e.line,
             "utterance_id": e.manifest.get("utterance_id"),
             "audio_sha256": e.manifest.get("audio_sha256"),
             "created": e.manifest.get("created"),
             "key_id": e.manifest.get("key_id"),
+            **link,
         }
         if public_key is not None:
             match["signature_valid"] = verify_manifest(e.manifest, public_key)
         out.append(match)
-    return out
+    return sorted(out, key=lambda m: (m.get("bit_errors", 0), -m.get("payload_z", 0.0)))
 
 
 def _write_new(path: Path, data: bytes, mode: int) -> None:

@@ -12,7 +12,9 @@ Definitions (following AudioSeal, San Roman et al. 2024, Sec. 5, and the calibra
 - **FPR on clean speech** is reported three ways: in-sample (on the clips that fixed the threshold, so
   at most the target by construction), leave-one-out (each clip judged by the threshold fixed on the
   others: an honest held-out estimate), and a Clopper-Pearson 95% upper bound on the in-sample count.
-- **TPR** at each fixed threshold: the fraction of attacked *marked* clips with ``score >= t``.
+- **TPR** at each fixed threshold: the fraction of attacked *marked* clips with ``score >= t``; and
+  ``tpr``/``fpr`` at the backend's own decision with Wilson intervals (:func:`decision_rates`, the
+  computation the audit's scorecard uses too).
 - **AUC** (``sklearn.metrics.roc_auc_score``): positives are the attacked marked clips, negatives the
   *same attack applied to the unmarked originals*, so an attack that itself makes audio look marked
   (or unmarked) is not mistaken for robustness. ``fpr_attacked_*`` is the share of those negatives
@@ -57,6 +59,34 @@ def fix_threshold(clean_scores: Sequence[float], fpr: float) -> float:
     allowed = min(math.floor(fpr * scores.size + 1e-9), scores.size - 1)
     # the (allowed+1)-th largest score must fall below the threshold; ties below it too
     return float(np.nextafter(scores[allowed], np.inf))
+
+
+def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float | None, float | None]:
+    """Wilson score interval of ``k`` successes in ``n`` trials; (None, None) when ``n == 0``."""
+    from scipy.stats import binomtest
+
+    if n == 0:
+        return None, None
+    ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def decision_rates(detected_marked: Sequence[bool], detected_unmarked: Sequence[bool]) -> dict:
+    """TPR on marked and FPR on unmarked audio at the backend's *own* decision, with Wilson 95%
+    intervals. The one computation behind both ``valle watermark-bench`` and the audit's scorecard,
+    so the two can never disagree."""
+    m, u = np.asarray(detected_marked, bool), np.asarray(detected_unmarked, bool)
+    (tl, th), (fl, fh) = wilson(int(m.sum()), m.size), wilson(int(u.sum()), u.size)
+    return {
+        "n": int(m.size),
+        "tpr": float(m.mean()) if m.size else None,
+        "tpr_low": tl,
+        "tpr_high": th,
+        "n_unmarked": int(u.size),
+        "fpr": float(u.mean()) if u.size else None,
+        "fpr_low": fl,
+        "fpr_high": fh,
+    }
 
 
 def rate_at(scores: Sequence[float], threshold: float) -> float:
@@ -235,13 +265,13 @@ def summarize(per_clip: pd.DataFrame, thresholds: dict, params: dict | None = No
     """One row per attack (in first-seen order) from the per-clip rows and the fixed thresholds."""
     out = []
     for name, g in per_clip.groupby("attack", sort=False):
-        row = {"attack": name, "family": g["family"].iloc[0], "n": len(g)}
+        row = {"attack": name, "family": g["family"].iloc[0]}
+        row |= decision_rates(g["detected_marked"], g["detected_unmarked"])
         for key, t in thresholds.items():
             if key == "backend":
                 continue
             row[f"tpr_{key}"] = rate_at(g["score_marked"], t["threshold"])
             row[f"fpr_attacked_{key}"] = rate_at(g["score_unmarked"], t["threshold"])
-        row["tpr_backend"] = float(g["detected_marked"].mean())
         row["auc"] = auc(g["score_marked"], g["score_unmarked"])
         row["bit_acc"] = float(g["bit_acc"].mean()) if g["bits_total"].gt(0).any() else float("nan")
         row["p_value_median"] = float(g["p_value"].median()) if g["bits_total"].gt(0).any() else float("nan")
@@ -253,9 +283,10 @@ def summarize(per_clip: pd.DataFrame, thresholds: dict, params: dict | None = No
 
 
 def markdown_table(per_attack: pd.DataFrame, fprs: Sequence[float] = FPRS) -> str:
-    """The per-attack table as GitHub markdown: attack, TPR at each FPR, AUC, bit accuracy."""
-    cols = [("attack", "attack")] + [(f"tpr_{fpr_key(f)}", f"TPR@{f * 100:g}%") for f in fprs]
-    cols += [(f"fpr_attacked_{fpr_key(fprs[0])}", f"FPR@{fprs[0] * 100:g}% (attacked clean)")]
+    """The per-attack table as GitHub markdown: TPR and FPR at the backend's own decision (the
+    scorecard's figures), TPR at each fixed clean FPR, AUC and bit accuracy."""
+    cols = [("attack", "attack"), ("tpr", "TPR (decision)"), ("fpr", "FPR (decision, attacked clean)")]
+    cols += [(f"tpr_{fpr_key(f)}", f"TPR@{f * 100:g}%") for f in fprs]
     cols += [("auc", "AUC"), ("bit_acc", "bit acc")]
     lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
     for _, r in per_attack.iterrows():

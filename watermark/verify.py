@@ -10,7 +10,12 @@ ledger and the watermark keys):
 - ``payload_matches_manifest`` / ``payload_matches_key``: the decoded payload is the manifest's, and is
   the HMAC payload its ``key_id`` derives for its utterance (``watermark.keys``);
 - ``ledger_matches``: when no manifest describes these exact bytes (re-encoded, trimmed, edited copy),
-  the ledger entries whose payload equals the decoded one, i.e. which generation the copy came from.
+  the ledger entries whose payload equals the decoded one, i.e. which generation the copy came from
+  (for the keyed mark, every entry's payload is scored against the audio's soft payload bits, so a
+  copy with a few wrong decoded bits is still traced; each match gives the chance of a false link).
+- ``watermark.p_value`` (keyed backend): the analytic bound on the probability that audio *not*
+  marked with this key looks this marked; other backends state no false-alarm rate, and ``reasons``
+  says so.
 
 Verdicts: ``authentic`` (valid signature + exact hash + mark detected), ``altered_copy`` (mark detected
 and tied by payload to a signed manifest or ledger entry, but the bytes differ), ``marked_unverified``
@@ -35,7 +40,7 @@ import numpy as np
 import soundfile as sf
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from watermark.base import MIN_MARK_SECONDS, SILENCE_PEAK, Watermarker, WatermarkError
+from watermark.base import MIN_MARK_SECONDS, SILENCE_PEAK, Watermarker, WatermarkError, carries_payload
 from watermark.keys import KeyRing, UnknownKeyIdError
 from watermark.provenance import (
     SCHEMA,
@@ -272,6 +277,13 @@ def verify_file(
         "threshold": float(watermarker.threshold),
         "payload": payload_to_str(decoded),
     }
+    if det.p_value is not None:  # the keyed mark states its false-alarm probability
+        v["watermark"]["p_value"] = float(f"{det.p_value:.3g}")
+    else:
+        reasons.append(
+            f"the {watermarker.name} decision threshold has no stated false-alarm rate under attack: "
+            "treat its 'detected' as a lead, not as proof (the keyed backend reports a p-value)"
+        )
     if man:
         claimed_backend = (
             (man.get("watermark") or {}).get("name") if isinstance(man.get("watermark"), dict) else None
@@ -281,16 +293,27 @@ def verify_file(
                 f"the manifest says the {claimed_backend} backend marked it; checked with {watermarker.name}"
             )
         if decoded is not None and man.get("payload") is not None:
-            v["payload_matches_manifest"] = man.get("payload") == payload_to_str(decoded)
+            try:
+                claimed = payload_from_str(man.get("payload"))
+            except ProvenanceError:
+                claimed = None  # key_check below says the manifest payload is malformed
+            v["payload_matches_manifest"] = carries_payload(watermarker, det, claimed)
             if not v["payload_matches_manifest"]:
                 reasons.append(
                     "the decoded payload differs from the manifest's: the manifest describes another file"
                 )
-    v["payload_matches_key"], why = key_check(man, keyring, decoded)
+    # with soft payload scores the claimed payload was tested on the audio above; the hard-decoded bits
+    # of a short or attacked clip may differ from it without meaning anything
+    observed = None if det.payload_soft is not None else decoded
+    v["payload_matches_key"], why = key_check(man, keyring, observed)
     if why:
         reasons.append(why)
     if book is not None and not v["ledger_problems"] and not v["hash_match"]:
-        v["ledger_matches"] = ledger_matches_for_payload(book.entries(), decoded, public_key)
+        # a backend with soft payload scores (keyed) scores every entry's payload against the audio:
+        # an attacked copy with a few wrong hard bits is still tied to its entry
+        soft = det.payload_soft if det.detected and hasattr(watermarker, "payload_z") else None
+        score = None if soft is None else (lambda bits: watermarker.payload_z(soft, bits))
+        v["ledger_matches"] = ledger_matches_for_payload(book.entries(), decoded, public_key, score=score)
         if decoded is None:
             reasons.append(
                 "the backend carries no payload, so the ledger cannot say which generation this is"

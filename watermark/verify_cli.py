@@ -13,7 +13,7 @@ from watermark import DEFAULT_WATERMARKER, WATERMARKERS, load_watermarker
 from watermark.base import Watermarker
 from watermark.keys import KeyRing, check_key_id, generate_key
 from watermark.provenance import Ledger, generate_signing_key, key_fingerprint, load_public_key
-from watermark.verify import AUDIO_SUFFIXES, VERDICTS, find_manifest, verify_file
+from watermark.verify import AUDIO_SUFFIXES, VERDICTS, decide_verdict, find_manifest, verify_file
 
 
 def collect_audio(paths: list[str | Path]) -> list[Path]:
@@ -79,7 +79,8 @@ def add_parser(subparsers) -> None:
         "--watermark",
         default=None,
         metavar="NAME",
-        help="detector backend (perth|audioseal; default: the manifest's, else perth)",
+        help="detector backend (keyed|perth|audioseal; default: the manifest's, else keyed when "
+        "--key-file is given, else perth)",
     )
     p.add_argument("--json", action="store_true", help="print a JSON list of verdicts")
     p.set_defaults(func=run)
@@ -132,7 +133,10 @@ def run(args) -> int:
             except ValueError:
                 man = {}
             claimed = man.get("watermark", {}).get("name") if isinstance(man.get("watermark"), dict) else None
-            name = claimed if claimed in WATERMARKERS else DEFAULT_WATERMARKER
+            name = claimed if claimed in WATERMARKERS else ("keyed" if keyring else DEFAULT_WATERMARKER)
+        if name == "keyed":
+            verdicts.append(_verify_keyed(f, args, public_key, ledger, keyring))
+            continue
         if name not in loaded:
             loaded[name] = _load_detector(name)
         verdicts.append(
@@ -149,16 +153,64 @@ def run(args) -> int:
         print(json.dumps(verdicts, indent=2))
     else:
         for v in verdicts:
-            score = (v["watermark"] or {}).get("score")
-            print(
-                f"{v['verdict']:<18} {v['file']}"
-                + (f"  (mark score {score:.3f})" if score is not None else "")
+            mark = v["watermark"] or {}
+            evidence = (
+                f"  (keyed mark p = {mark['p_value']:.2g})"
+                if mark.get("p_value") is not None
+                else (f"  (mark score {mark['score']:.3f})" if mark.get("score") is not None else "")
             )
+            print(f"{v['verdict']:<18} {v['file']}{evidence}")
             for r in v["reasons"]:
                 print(f"    - {r}")
         counts = {k: sum(v["verdict"] == k for v in verdicts) for k in VERDICTS}
         print(", ".join(f"{n} {k}" for k, n in counts.items() if n), file=sys.stderr)
     return 0 if all(v["verdict"] == "authentic" for v in verdicts) else 1
+
+
+def _verify_keyed(path: Path, args, public_key, ledger, keyring: KeyRing | None) -> dict:
+    """The keyed mark can only be read with its key: the manifest's key id when it names one in the
+    ring, else every key of the ring, keeping the strongest evidence. Trying ``n`` keys is ``n`` tests,
+    so that p-value is multiplied by ``n`` (union bound) before the decision."""
+    if not keyring:
+        raise ValueError("the keyed watermark can only be checked with its key: pass --key-file")
+    try:
+        man = find_manifest(path, args.manifest)[0] or {}
+    except ValueError:
+        man = {}
+    named = man.get("key_id")
+    ids = [named] if named in keyring else keyring.key_ids
+    best = None
+    for key_id in ids:
+        v = verify_file(
+            path,
+            public_key=public_key,
+            manifest=args.manifest,
+            ledger=ledger,
+            watermarker=_keyed_detector(keyring, key_id),
+            keyring=keyring,
+        )
+        p = (v["watermark"] or {}).get("p_value")
+        if best is None or (p is not None and p < best[0]):
+            best = (p if p is not None else 1.0, v)
+    p, v = best
+    if len(ids) > 1 and v["watermark"]:
+        v["watermark"]["p_value"] = float(f"{min(1.0, p * len(ids)):.3g}")
+        v["watermark"]["keys_tried"] = len(ids)
+        if v["watermark"]["detected"] and v["watermark"]["p_value"] > v["watermark"]["threshold"]:
+            v["watermark"]["detected"] = False
+            v = _redecide(v, f"the strongest of {len(ids)} keys is not significant once all are counted")
+    return v
+
+
+def _redecide(v: dict, why: str) -> dict:
+    verdict, sentence = decide_verdict(v)
+    v["verdict"] = verdict
+    v["reasons"] = [sentence, *v["reasons"][1:], why]
+    return v
+
+
+def _keyed_detector(keyring: KeyRing, key_id: str) -> Watermarker:
+    return load_watermarker("keyed", key=keyring.get(key_id))
 
 
 @functools.cache

@@ -96,9 +96,10 @@ PROFILES = {
         "faster-whisper",
         "tiny.en",
         "resemblyzer",
-        "perth",
+        "keyed",
         None,
-        description="models bundled in pip packages; runs anywhere, no download",
+        description="models bundled in pip packages and the keyed watermark (no weights); runs anywhere, "
+        "no download",
     ),
     "paper": Profile(
         "paper",
@@ -336,8 +337,9 @@ def required_files(
     if p.speaker != "ecapa" and o.speaker_model is not None:
         unused.append(f"--speaker-model (profile {p.name!r} uses {p.speaker}, whose weights are bundled)")
     if p.watermark != "audioseal":
+        has = "which has no weights" if p.watermark == "keyed" else "whose weights are bundled"
         unused += [
-            f"--watermark-{r} (profile {p.name!r} uses {p.watermark}, whose weights are bundled)"
+            f"--watermark-{r} (profile {p.name!r} uses {p.watermark}, {has})"
             for r, v in (("generator", o.watermark_generator), ("detector", o.watermark_detector))
             if v
         ]

@@ -49,6 +49,7 @@ from watermark import load_watermarker
 from watermark.attacks import attack_bank, select, skipped_attacks
 from watermark.keys import KeyRing, load_key
 from watermark.provenance import Ledger, load_signing_key
+from watermark.robustness import decision_rates
 from watermark.verify import verify_file
 
 PUBLIC_KEY = "keys/signing.public.pem"
@@ -68,7 +69,10 @@ def _is_valle(audit: Audit) -> bool:
 def _watermarker(audit: Audit):
     if "watermarker" not in audit.cache:
         p = audit.cache["profile"]
-        audit.cache["watermarker"] = load_watermarker(p.watermark, audit.options.device, **p.watermark_kwargs)
+        kwargs = dict(p.watermark_kwargs)
+        if p.watermark == "keyed":  # the run's watermark key places the mark and derives its payload
+            kwargs["key"] = _keys(audit)[2]
+        audit.cache["watermarker"] = load_watermarker(p.watermark, audit.options.device, **kwargs)
         audit.backends["watermark"] = audit.cache["watermarker"].card()
     return audit.cache["watermarker"]
 
@@ -251,15 +255,6 @@ def stage_asv(audit: Audit, progress: bool = True) -> dict:
 # --------------------------------------------------------------------------- watermark robustness
 
 
-def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float | None, float | None]:
-    from scipy.stats import binomtest
-
-    if n == 0:
-        return None, None
-    ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
-    return float(ci.low), float(ci.high)
-
-
 def stage_watermark(audit: Audit, progress: bool = True) -> dict:
     from tqdm import tqdm
 
@@ -292,16 +287,11 @@ def stage_watermark(audit: Audit, progress: bool = True) -> dict:
     per_attack = []
     for name, g in per_clip.groupby("attack", sort=False):
         m, u = g[g["marked"] & g["error"].isna()], g[~g["marked"] & g["error"].isna()]
-        tp, fp = int(m["detected"].sum()), int(u["detected"].sum())
-        (tl, th), (fl, fh) = wilson(tp, len(m)), wilson(fp, len(u))
         per_attack.append(
-            {
-                "attack": name, "family": g["family"].iloc[0],
-                "n": len(m), "tpr": tp / len(m) if len(m) else None, "tpr_low": tl, "tpr_high": th,
-                "n_unmarked": len(u), "fpr": fp / len(u) if len(u) else None, "fpr_low": fl, "fpr_high": fh,
-                "n_errors": int(g["error"].notna().sum()),
-            }
-        )  # fmt: skip
+            {"attack": name, "family": g["family"].iloc[0]}
+            | decision_rates(m["detected"].astype(bool), u["detected"].astype(bool))
+            | {"n_errors": int(g["error"].notna().sum())}
+        )
     per_attack = pd.DataFrame(per_attack)
     write_parquet(per_clip, audit.dir / "tables" / "watermark_clips.parquet")
     write_parquet(per_attack, audit.dir / "tables" / "watermark.parquet")

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from evaluation.runs.rundir import write_json
 from evaluation.testsets.testset import TestSet
-from watermark.keys import generate_key
+from watermark.keys import default_key, default_key_path
 from watermark.provenance import generate_signing_key
 
 STAGES = ("generate", "verify", "score", "detect", "asv", "watermark", "report")
@@ -172,10 +172,10 @@ def default_keys(options: AuditOptions) -> tuple[Path, Path | None]:
         keys.mkdir(parents=True, exist_ok=True, mode=0o700)
         generate_signing_key(signing, keys / "signing.public.pem")
         print(f"created a signing key pair in {keys} (first use)", file=sys.stderr)
-    key_file = Path(options.key_file) if options.key_file else keys / "watermark.key.json"
-    if options.key_file is None and not key_file.is_file():
-        generate_key(key_file, "default")
-    return signing, key_file
+    if options.key_file is not None:
+        return signing, Path(options.key_file)
+    default_key()  # created on first use
+    return signing, default_key_path()
 
 
 def stage_plan(only: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> tuple[str, ...]:

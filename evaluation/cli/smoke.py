@@ -27,6 +27,7 @@ from valle.generate import GenerationOptions
 from valle.manifest import read_manifest
 from valle.synthesize import Generator
 from watermark import load_watermarker
+from watermark.keys import default_key
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -65,7 +66,8 @@ def run_valle(args, synth, asr, heldout) -> dict:
     speaker = next((s for s in speaker_catalogue() if s.id == args.prompt_speaker), None)
     if speaker is None:
         raise ValueError(f"--prompt-speaker {args.prompt_speaker!r} is not a corpus voice")
-    gen = Generator(args.checkpoint, load_watermarker("perth"))
+    key = default_key()
+    gen = Generator(args.checkpoint, load_watermarker("keyed", key=key), key=key)
     prompt_text = next(t.text for t in training_sentences() if 35 <= len(t.text) <= 50)
     wav, sr = synth(speaker, prompt_text)
     texts = [t.text for t in heldout[-2:]]

@@ -27,6 +27,7 @@ from valle.sampling import SamplingOptions
 from valle.synthesize import Generator
 from valle.synthesize import SynthesisRequest
 from watermark import load_watermarker
+from watermark.keys import default_key
 
 
 @dataclass(frozen=True)
@@ -80,10 +81,13 @@ class ValleGenerator:
     def __init__(
         self, checkpoint: str | Path, device: str = "cpu", watermark: dict | None = None, **options
     ) -> None:
-        """``watermark``: Generator keyword arguments (watermarker, key, signer); default Perth, unsigned."""
+        """``watermark``: Generator keyword arguments (watermarker, key, signer); default: the keyed mark
+        with the user's default key (``watermark.keys.default_key``), unsigned."""
 
         self.checkpoint = Path(checkpoint)
-        watermark = watermark or {"watermarker": load_watermarker("perth", device)}
+        if watermark is None:
+            key = default_key()
+            watermark = {"watermarker": load_watermarker("keyed", device, key=key), "key": key}
         self.gen = Generator(self.checkpoint, device=device, **watermark)
         sampling = SamplingOptions(**options.pop("sampling", {}))
         self.options = GenerationOptions(sampling=sampling, **options)

@@ -1,0 +1,148 @@
+"""The keyed watermark (watermark.keyed) on real synthetic speech (eSpeak NG): no weights, no ../shared."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from watermark import load_watermarker
+from watermark.attacks import lossy_codec, speed
+from watermark.base import WatermarkError
+from watermark.keyed import (
+    CODED_BITS,
+    P_THRESHOLD,
+    KeyedWatermarker,
+    _conv_encode,
+    _layout,
+    _viterbi,
+)
+from watermark.keys import WatermarkKey
+
+KEY = WatermarkKey("lab-2026", bytes(range(32)))
+PAYLOAD = tuple(int(b) for b in np.random.default_rng(7).integers(0, 2, 32))
+
+
+@pytest.fixture(scope="module")
+def speech() -> tuple[np.ndarray, int]:
+    """About 4 s of eSpeak NG speech (two sentences)."""
+    from valle.corpus.espeak import EspeakSynth
+
+    with EspeakSynth() as synth:
+        wav, sr = synth.synthesize(
+            "The quick brown fox jumps over the lazy dog near the river bank, and the birds sing.",
+            voice="en-us+m1",
+        )
+    assert len(wav) / sr > 3.5
+    return np.asarray(wav, np.float32), sr
+
+
+@pytest.fixture(scope="module")
+def marked(speech) -> np.ndarray:
+    wav, sr = speech
+    return KeyedWatermarker(key=KEY).embed(wav, sr, PAYLOAD)
+
+
+def test_mark_is_found_with_its_payload_and_is_quiet(speech, marked):
+    wav, sr = speech
+    assert marked.shape == wav.shape and marked.dtype == np.float32
+    snr = 10 * np.log10(np.sum(wav.astype(float) ** 2) / np.sum((marked - wav.astype(float)) ** 2))
+    assert snr > 20
+    det = KeyedWatermarker(key=KEY).detect(marked, sr)
+    assert det.detected and det.score > 0.5
+    assert det.payload == PAYLOAD
+
+
+def test_unmarked_audio_and_other_keys_find_nothing(speech, marked):
+    wav, sr = speech
+    assert not KeyedWatermarker(key=KEY).detect(wav, sr).detected
+    other_id = WatermarkKey("lab-2027", KEY.secret)  # same secret, another key id: independent pattern
+    other_secret = WatermarkKey("lab-2026", bytes(range(1, 33)))
+    for key in (other_id, other_secret):
+        ev = KeyedWatermarker(key=key).evidence(marked, sr)
+        assert ev.p_value > P_THRESHOLD, key
+
+
+@pytest.mark.parametrize(
+    "attack",
+    [
+        lambda w, sr: lossy_codec(w, sr, "mp3", 32_000),
+        lambda w, sr: speed(w, sr, 1.1),
+        lambda w, sr: speed(w, sr, 0.9),
+        lambda w, sr: (w[int(0.37 * sr) :], sr),  # cropped start: the period and tile grid move
+        lambda w, sr: (-0.2 * w, sr),
+    ],
+    ids=["mp3_32k", "speed_1.1", "speed_0.9", "crop_0.37s", "gain_polarity"],
+)
+def test_mark_survives_attacks(speech, marked, attack):
+    _, sr = speech
+    y, y_sr = attack(marked, sr)
+    ev = KeyedWatermarker(key=KEY).evidence(np.asarray(y, np.float32), y_sr)
+    assert ev.p_value <= P_THRESHOLD, ev
+
+
+def test_speed_search_is_what_finds_a_speed_change(speech, marked):
+    _, sr = speech
+    y, _ = speed(marked, sr, 1.1)
+    searched = KeyedWatermarker(key=KEY).evidence(y, sr)
+    plain = KeyedWatermarker(key=KEY, speed_search=False).evidence(y, sr)
+    assert searched.speed == pytest.approx(1.1) and searched.p_value <= P_THRESHOLD
+    assert plain.p_value > P_THRESHOLD and plain.hypotheses < searched.hypotheses
+
+
+def test_null_distribution_over_keys_is_standard(speech):
+    """Under "not marked with this key" z is a sum of |R| cos(uniform angle): mean 0, variance 1,
+    and the single-hypothesis p-value is uniform. 200 random keys on one unmarked clip."""
+    from scipy.stats import kstest
+
+    wav, sr = speech
+    rng = np.random.default_rng(0)
+    evs = [
+        KeyedWatermarker(key=WatermarkKey(f"k{i}", rng.bytes(32)), speed_search=False).evidence(wav, sr)
+        for i in range(200)
+    ]
+    z = np.array([e.z_unsearched for e in evs])
+    assert abs(z.mean()) < 0.25 and 0.8 < z.std() < 1.2
+    assert kstest([e.p_unsearched for e in evs], "uniform").pvalue > 0.001
+    # no key of 200 makes this unmarked clip read as marked
+    assert min(e.p_value for e in evs) > P_THRESHOLD
+
+
+def test_short_silent_and_keyless_uses_are_refused(speech):
+    wav, sr = speech
+    wm = KeyedWatermarker(key=KEY)
+    with pytest.raises(WatermarkError, match="at least 1 s"):
+        wm.embed(wav[: sr // 2], sr, PAYLOAD)
+    with pytest.raises(WatermarkError, match="silent"):
+        wm.embed(np.zeros(2 * sr, np.float32), sr, PAYLOAD)
+    with pytest.raises(WatermarkError, match="32 bits"):
+        wm.embed(wav, sr, PAYLOAD[:16])
+    with pytest.raises(WatermarkError, match="secret key"):
+        load_watermarker("keyed")
+
+
+def test_registered_backend_card_names_the_key_id_but_never_the_secret():
+    wm = load_watermarker("keyed", key=KEY)
+    card = json.dumps(wm.card())
+    assert wm.name == "keyed" and wm.payload_bits == 32 and '"key_id": "lab-2026"' in card
+    assert KEY.secret.hex() not in card and KEY.secret.hex() not in repr(vars(wm))
+
+
+def test_layout_is_a_function_of_secret_and_key_id():
+    phase, role = _layout(KEY)
+    again = _layout(WatermarkKey("lab-2026", bytes(range(32))))
+    other = _layout(WatermarkKey("lab-2027", bytes(range(32))))
+    assert np.array_equal(phase, again[0]) and np.array_equal(role, again[1])
+    assert not np.array_equal(phase, other[0])
+    assert set(np.unique(role)) == {-1, *range(CODED_BITS)}  # every channel bit has cells
+
+
+def test_viterbi_corrects_channel_errors():
+    bits = np.array(PAYLOAD)
+    code = _conv_encode(bits * 2 - 1.0)
+    assert code.shape == (CODED_BITS,)
+    noisy = code.copy()
+    noisy[[3, 20, 41, 60]] *= -0.8  # four wrong channel bits, spread out
+    assert np.array_equal(_viterbi(noisy), bits)
+    assert np.array_equal(_viterbi(code), bits)
