@@ -34,13 +34,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--audio", type=Path, required=True, help="folder of audio files, or a JSONL manifest")
     p.add_argument("--out", type=Path, required=True, help="output folder (created; files overwritten)")
-    p.add_argument("--watermark", default="perth", help="watermark backend (default: perth)")
+    p.add_argument("--watermark", default="perth", help="backend: perth (default) | keyed | audioseal")
     p.add_argument(
         "--watermark-arg",
         action="append",
         default=[],
         metavar="KEY=VALUE",
         help="backend option, repeatable (e.g. generator=audioseal_wm_16bits.pth threshold=0.7)",
+    )
+    p.add_argument(
+        "--key-file",
+        type=Path,
+        default=None,
+        help="keyed backend: key to mark with (default: a fresh random key, kept in memory only)",
     )
     p.add_argument("--max-clips", type=int, default=None, help="use at most this many clips (in order)")
     p.add_argument("--attacks", default=None, help="comma-separated attack names (default: the whole bank)")
@@ -54,15 +60,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from secrets import token_bytes
+
     from watermark import load_watermarker
     from watermark.attacks import attack_bank, select, skipped_attacks
+    from watermark.keys import WatermarkKey, load_key
     from watermark.robustness import markdown_table, run_battery
 
     if args.max_clips is not None and args.max_clips < 1:
         raise ValueError(f"--max-clips must be >= 1, got {args.max_clips}")
     attacks = select(attack_bank(args.encodec_weights, seed=args.seed), args.attacks)
     clips = load_clips(args.audio, args.max_clips)
-    wm = load_watermarker(args.watermark, device=args.device, **parse_options(args.watermark_arg))
+    options = parse_options(args.watermark_arg)
+    if args.watermark == "keyed":  # any key measures the same robustness; the secret is never written
+        options["key"] = load_key(args.key_file) if args.key_file else WatermarkKey("bench", token_bytes(32))
+    wm = load_watermarker(args.watermark, device=args.device, **options)
     per_clip, per_attack, thresholds = run_battery(
         wm, clips, attacks, with_quality=not args.no_quality, seed=args.seed
     )

@@ -1,48 +1,55 @@
-"""A keyed spread-spectrum watermark with an analytic false-alarm bound (no weights).
+"""A keyed watermark with an analytic false-alarm bound and a 32-bit payload (no weights).
 
-Public marks (Perth, AudioSeal) can be read, and forged, by anyone who has the model. This mark
-cannot: where it goes and which way it points are drawn from a key, so without the secret it can be
-neither detected nor written.
+Public marks (Perth, AudioSeal) can be read, and forged, by anyone who has the model. This one
+cannot: where it sits and what it says are drawn from a secret key, so without the key it can be
+neither detected nor written, and a second key id gives an independent pattern.
 
-**Layout.** Audio is analysed at 16 kHz with a Hann STFT (512 samples = 32 ms, hop 16 ms). The
-speech band ``BAND_HZ`` is cut into ``N_BANDS`` sub-bands and time into tiles of ``FRAMES_PER_TILE``
-frames; ``PERIOD_TILES`` consecutive tiles (~1 s) form one period, and the pattern repeats every
-period, so any window of one period holds every cell of it once (cyclically shifted). Each cell
-``(q, b)`` of a period has a key sign ``s[q, b] = ±1`` and a role: *pilot* (about 2/3 of the cells)
-or one of ``CODED_BITS`` channel bits of the payload. Signs and roles come from SHAKE-256 of
-``HMAC-SHA256(secret, "valle-keyed-wm|" + key_id)`` (RFC 2104, FIPS 202), so they are iid uniform
-for anyone without the secret, and two key ids give independent patterns.
+**Layout.** Audio is analysed at 16 kHz with a Hann STFT (512 samples = 32 ms, hop 4 ms). The band
+``BAND_HZ`` (inside the telephone band) is cut into ``N_BANDS`` sub-bands of 125 Hz and time into
+tiles of ``FRAMES_PER_TILE`` frames (32 ms); ``L[i, b]`` is the log energy of tile ``i`` in band
+``b``. ``PERIOD_TILES`` tiles (0.992 s) form one period and the pattern repeats every period, so any
+1 s window holds every cell once. Each cell ``(q, b)`` of the period has a dither ``d[q, b]``
+uniform in ``[0, 1)`` and a role: *pilot* (2/3 of the cells) or one of ``CODED_BITS`` channel bits.
+Dithers and roles come from SHAKE-256 (FIPS 202) of ``HMAC-SHA256(secret, "valle-keyed-wm|" +
+key_id)`` (RFC 2104).
 
-**Embedding** scales the STFT magnitudes of every cell by ``exp(alpha * s * c)``, with ``c = 1`` on
-pilot cells and ``c = ±1`` (the channel bit) on payload cells: a ±``STRENGTH_DB`` dB change of each
-tile's energy. The change is multiplicative, so the mark is loudest where the speech is and absent
-in silence (the masking rule of spread-spectrum audio marks, Cox et al. 1997; Kirovski & Malvar
-2003). Only the difference is resampled back to the input rate and added, so out-of-band audio is
-untouched.
+**Embedding: distortion-compensated dither modulation** (Chen & Wornell 2001) of the tile-to-tile
+change ``f_i = L[i] - L[i-1]``, which no gain and no fixed filter alters. With lattice step ``D``
+and ``c`` the channel bit (0 on pilots), tile ``i`` of cell ``q`` gets the target
 
-**Detection.** For each hypothesis ``h`` (a speed factor from the synchronisation grid and a tile
-offset within the period), the log tile energies ``L[t, b]`` are high-passed in time and frequency
-(each tile minus the mean of its neighbours, which removes the speech envelope and any fixed
-filter), folded onto one period (``Y[q, b] = sum of y over tiles with that cell``) and correlated
-with the pilot signs:
+    v = L[i] - L'[i-1],   Q(v) = D * (round(v / D - d[q] - c / 2) + d[q] + c / 2),
+    L'[i] = L'[i-1] + v + a_i * (Q(v) - v)
 
-    z_h = sum_pilot s * Y / sqrt(sum_pilot Y**2)
+``a_i`` is ``ALPHA`` for the loudest tiles and grows towards 1 for quieter ones, whose changes cost
+the SNR less (``LEVEL_BOOST``); a loud tile moves by at most ``STRENGTH_DB`` dB. Tile gains scale the
+STFT bins of the band; the resynthesis is re-analysed and the gains corrected ``EMBED_ITERATIONS``
+times. Only the change is resampled back and added to the input, so audio outside the band is
+untouched. The mark follows the speech's own energy: none in silence.
 
-For audio that does not carry this key's mark the signs are independent of ``Y`` (which is a function
-of the audio alone), so ``z_h`` is a Rademacher sum and Hoeffding's inequality gives, for every
-audio and without any model of speech,
+**Detection.** For each hypothesis ``h`` (a speed factor of ``SPEED_GRID`` and a tile alignment in the
+period), tiles are folded onto the period, ``R[q, b] = sum_i w_i exp(2 pi j f_i / D)`` (``w_i`` in
+[0, 1] from the tile's level only), and
+
+    z_h = sum_pilot Re(R exp(-2 pi j d)) / sqrt(sum_pilot |R|**2 / 2)
+
+For audio not marked with this key the dithers are independent of ``R`` (a function of the audio
+alone), so every term is ``|R| cos(U)`` with ``U`` uniform. Since ``E exp(l cos U) = I0(l) <=
+exp(l**2 / 4)`` (compare the series term by term), the Chernoff bound gives, for every audio and
+without any model of speech,
 
     P(z_h >= z) <= exp(-z**2 / 2)
 
-A union bound over the ``K`` hypotheses searched gives the reported p-value
-``p = min(1, K * exp(-max_h z_h**2 / 2))``: an upper bound on the false-alarm probability. The
-default decision is ``p <= 1e-6``. ``p_unsearched`` is the Gaussian tail ``Q(z)`` of the
-single hypothesis "speed 1, no shift": under the null it is uniform (up to the central-limit error),
-which the false-positive benchmark tests.
+and the union bound over the ``K`` hypotheses searched gives the reported p-value ``p = min(1, K *
+exp(-max_h z_h**2 / 2))``, an upper bound on the false-alarm probability (stopping the search early
+keeps it valid: the maximum found is at most the true one). The default decision is ``p <= 1e-6``.
+``p_unsearched = Q(z)`` of the single hypothesis "speed 1, no shift" is uniform under the null (up to
+the central-limit error), which the tests and the false-positive benchmark check.
 
 **Payload.** 32 bits (the keyed HMAC payload of :mod:`watermark.keys`) are protected by a rate-1/2
-convolutional code (constraint length 7, generators 171/133 octal, the NASA/CCSDS code) and decoded
-with soft-decision Viterbi from the per-bit correlations of the best hypothesis.
+convolutional code (constraint length 7, generators 171/133 octal, the CCSDS code). A channel bit 1
+moves the lattice by half a step, which flips the sign of its cells' cosines: the soft value of each
+channel bit is its cells' summed ``Re(R exp(-2 pi j d))``, decoded by soft-decision Viterbi, and a
+known payload (a manifest's, a ledger entry's) is scored directly by :meth:`KeyedWatermarker.payload_z`.
 """
 
 from __future__ import annotations
@@ -90,11 +97,15 @@ class KeyedEvidence:
     speed: float
     offset_frames: int
     hypotheses: int
-    soft_bits: np.ndarray  # [CODED_BITS] per-channel-bit correlations (positive = bit 1)
+    soft_bits: np.ndarray  # [CODED_BITS] per-channel-bit soft values (positive = bit 1)
 
 
 class KeyedWatermarker:
-    """Keyed spread-spectrum mark; ``key`` is a :class:`watermark.keys.WatermarkKey`."""
+    """The keyed mark (see the module docstring); ``key`` is a :class:`watermark.keys.WatermarkKey`.
+
+    ``p_threshold``: decision threshold on the p-value. ``strength_db`` and ``alpha``: the largest
+    change of a loud tile and the distortion compensation. ``speed_search=False`` searches
+    alignment only (faster; no speed changes)."""
 
     name = "keyed"
     payload_bits = PAYLOAD_BITS
