@@ -13,18 +13,23 @@ threshold, the next float above the highest score: the curve runs from (P_miss, 
 
 Definitions and sources
 -----------------------
-* **EER** (``compute_eer``). The default ``method="asvspoof"`` is the rule of the ASVspoof reference
-  evaluation code (``compute_eer`` in ASVspoof 2019/2021 ``eval_metrics.py`` and ASVspoof 5
-  ``evaluation-package/calculate_modules.py``): take the operating point where ``|P_miss - P_fa|`` is
-  smallest and report the mean of the two rates there, with that point's threshold. That code does NOT
-  interpolate. It differs from ours only on tied scores: it sorts the pooled scores and cuts between
-  tied trials in input order, so tied bona fide and spoof trials are split by an accident of ordering;
-  here they cannot be. ``method="interpolate"`` instead interpolates linearly between the two operating
-  points on either side of the crossing ``P_miss = P_fa`` (the EER of the piecewise-linear DET curve);
-  its threshold is interpolated the same way and is nominal: every threshold strictly between two
-  adjacent distinct scores makes the same decisions. The two agree when a point lies on the crossing
-  and otherwise differ by at most half the jump (change in P_miss plus change in P_fa) of the step
-  that crosses, i.e. at most 1 / (2 * smaller class size) when no scores are tied.
+* **EER** (``compute_eer``). The default ``method="asvspoof"`` equals the ASVspoof reference evaluation
+  code (``compute_det_curve`` + ``compute_eer`` in ASVspoof 2019/2021 ``eval_metrics.py``, kept in the
+  ASVspoof 5 evaluation package) on every input, ties and tiny sets included: the pooled scores
+  (bona fide first, then spoof) are sorted with a stable sort, there is one operating point after
+  every trial (so among tied scores the bona fide trials are rejected first), and the point where
+  ``|P_miss - P_fa|`` is smallest (the first such) gives the EER, the mean of the two rates there.
+  That code does NOT interpolate. The returned threshold states that cut in this module's convention
+  (accept ``score >= threshold``): the lowest accepted score, which makes exactly the reference's
+  decisions unless tied scores straddle the cut (then no threshold can: the reference splits a tie).
+  One consequence of the reference rule: a constant score (a CM that says nothing) gets EER 1.0, not
+  0.5, since every tied bona fide trial is rejected before any spoof trial.
+  ``method="interpolate"`` instead interpolates linearly between the two distinct-score operating
+  points (:func:`roc_points`) on either side of the crossing ``P_miss = P_fa`` (the EER of the
+  piecewise-linear DET curve); its threshold is interpolated the same way and is nominal: every
+  threshold strictly between two adjacent distinct scores makes the same decisions. Without ties the
+  two agree when a point lies on the crossing and otherwise differ by at most half the jump of the
+  step that crosses, i.e. at most 1 / (2 * smaller class size).
 * **minDCF** (``compute_min_dcf``), as defined for Track 1 in the ASVspoof 5 evaluation plan (X. Wang,
   H. Delgado, H. Tak et al., "ASVspoof 5 evaluation plan", 2024) and its reference ``compute_mindcf``:
   ``DCF(t) = C_miss * (1 - P_spoof) * P_miss(t) + C_fa * P_spoof * P_fa(t)``, normalised by the cost of
@@ -65,6 +70,9 @@ ASVSPOOF5_C_MISS = 1.0
 ASVSPOOF5_C_FA = 10.0
 ASVSPOOF5_COSTS = {"p_spoof": ASVSPOOF5_P_SPOOF, "c_miss": ASVSPOOF5_C_MISS, "c_fa": ASVSPOOF5_C_FA}
 DET_CLIP = 1e-6
+# a-DCF cost model of the reference implementation (github.com/shimhz/a_DCF, used by ASVspoof 5 Track 2)
+ADCF_P_TARGET, ADCF_P_NONTARGET, ADCF_P_SPOOF = 0.9, 0.05, 0.05
+ADCF_C_MISS, ADCF_C_FA_ASV, ADCF_C_FA_CM = 1.0, 10.0, 20.0
 
 
 def _scores(values, name: str) -> np.ndarray:
@@ -117,11 +125,19 @@ def compute_eer(
     Returns:
         ``(eer, threshold)``; eer is a rate in [0, 1] (not a percentage).
     """
+    if method == "asvspoof":
+        bona, spf = _pair(bonafide, spoof)
+        scores = np.concatenate([bona, spf])
+        order = np.argsort(scores, kind="mergesort")  # stable: bona fide before spoof among ties
+        is_bona = np.concatenate([np.ones(bona.size), np.zeros(spf.size)])[order]
+        # point k rejects the k lowest trials: P_miss = rejected bona fide, P_fa = accepted spoof
+        miss = np.concatenate([[0.0], np.cumsum(is_bona)]) / bona.size
+        fa = (spf.size - np.concatenate([[0.0], np.cumsum(1.0 - is_bona)])) / spf.size
+        k = int(np.argmin(np.abs(miss - fa)))
+        thr = scores[order[k]] if k < scores.size else np.nextafter(scores.max(), np.inf)
+        return float((miss[k] + fa[k]) / 2.0), float(thr)
     thr, miss, fa = roc_points(bonafide, spoof)
     diff = miss - fa  # non-decreasing from -1 to +1
-    if method == "asvspoof":
-        i = int(np.argmin(np.abs(diff)))
-        return float((miss[i] + fa[i]) / 2.0), float(thr[i])
     if method != "interpolate":
         raise ValueError(f"unknown EER method {method!r}; use 'asvspoof' or 'interpolate'")
     k = int(np.argmax(diff >= 0))  # first point at or past the crossing; k >= 1 since diff[0] = -1
@@ -151,6 +167,53 @@ def compute_min_dcf(
     dcf = c_miss * (1.0 - p_spoof) * miss + c_fa * p_spoof * fa
     i = int(np.argmin(dcf))
     return float(dcf[i] / min(c_miss * (1.0 - p_spoof), c_fa * p_spoof)), float(thr[i])
+
+
+def compute_min_adcf(
+    target,
+    nontarget,
+    spoof,
+    *,
+    p_target: float = ADCF_P_TARGET,
+    p_nontarget: float = ADCF_P_NONTARGET,
+    p_spoof: float = ADCF_P_SPOOF,
+    c_miss: float = ADCF_C_MISS,
+    c_fa_asv: float = ADCF_C_FA_ASV,
+    c_fa_cm: float = ADCF_C_FA_CM,
+) -> tuple[float, float]:
+    """Normalised minimum a-DCF of a spoofing-aware speaker verification (SASV) system.
+
+    a-DCF (Shim, Jung, Kinnunen et al., "a-DCF: an architecture agnostic metric with application to
+    spoofing-robust speaker verification", Odyssey 2024; the SASV metric of ASVspoof 5):
+
+        a-DCF(t) = C_miss * p_target * P_miss(t) + C_fa,asv * p_nontarget * P_fa,non(t)
+                   + C_fa,cm * p_spoof * P_fa,spoof(t)
+
+    normalised by the better trivial system, ``min(C_miss * p_target, C_fa,asv * p_nontarget +
+    C_fa,cm * p_spoof)``, and minimised over thresholds. The operating points are those of the
+    reference ``compute_a_det_curve`` (one after every trial of the pooled scores, sorted stably in
+    the order target, non-target, spoof), so the value equals the reference's on every input, ties
+    included; the defaults are its cost model. Scores are the SASV system's (higher = accept).
+
+    Returns:
+        ``(min_adcf, threshold)``, the threshold in this module's convention (accept ``score >=
+        threshold``): the lowest accepted score at the minimum.
+    """
+    tgt = _scores(target, "target")
+    non, spf = _scores(nontarget, "non-target"), _scores(spoof, "spoof")
+    scores = np.concatenate([tgt, non, spf])
+    order = np.argsort(scores, kind="mergesort")
+    label = np.concatenate([np.zeros(tgt.size), np.ones(non.size), np.full(spf.size, 2.0)])[order]
+    rejected = [np.concatenate([[0.0], np.cumsum(label == k)]) for k in (0, 1, 2)]  # after each cut
+    # the reference's arithmetic, so that equal costs at two cuts round alike and the same cut wins
+    miss = rejected[0] / tgt.size
+    fa_non = (non.size - rejected[1]) / non.size
+    fa_spf = (spf.size - rejected[2]) / spf.size
+    dcf = c_miss * p_target * miss + c_fa_asv * p_nontarget * fa_non + c_fa_cm * p_spoof * fa_spf
+    dcf /= min(c_fa_asv * p_nontarget + c_fa_cm * p_spoof, c_miss * p_target)
+    k = int(np.argmin(dcf))
+    thr = scores[order[k]] if k < scores.size else np.nextafter(scores.max(), np.inf)
+    return float(dcf[k]), float(thr)
 
 
 def compute_cllr(bonafide_llr, spoof_llr) -> float:

@@ -17,7 +17,8 @@ Schema of ``scorecard.json`` (``"format": "valle-scorecard"``, ``"schema_version
     detection          part (detect stage): metrics {eer, min_dcf, cllr, min_cllr, rates at the stored
                        threshold}, per_condition {<cond>: same}, per_generator {<gen>: same}, conditions,
                        generators, ci_unit, model {kind, name, path}
-    asv                part (asv stage): metrics {sv_eer, spf_eer, sasv_eer, gated_*}, operating_points
+    asv                part (asv stage): metrics {sv_eer, spf_eer, sasv_eer, min_adcf, gated_*},
+                       operating_points
                        {eer|far: {threshold, frr, far, spoof_acceptance, gated_frr, gated_far,
                        gated_spoof_acceptance, cm_added_frr}}, far_target, ci_unit, counts, cm {...}
     other              part: summary.json metrics no other section claims (empty when none)
@@ -96,6 +97,8 @@ DEFINITIONS = {
     "watermark_fpr": "share of attacked unmarked real clips in which a mark is detected",
     "eer": "detector equal error rate, ASVspoof rule; minDCF with ASVspoof 5 costs; Cllr in bits",
     "sv_eer": "ASV EER target vs non-target; spf_eer: target vs spoof; sasv_eer: target vs both",
+    "min_adcf": "normalised minimum a-DCF of the SASV trials (Shim et al., Odyssey 2024; ASVspoof 5 Track 2 "
+    "costs: C_miss 1, C_fa,asv 10, C_fa,cm 20; priors 0.9 / 0.05 / 0.05)",
     "spoof_acceptance": "share of clone trials the voice print accepts at the operating point "
     "(thresholds calibrated on bona fide trials only); gated: the CM must also accept",
     "status": "ok | partial (stage failed after writing) | failed | skipped | not_run | error (file "

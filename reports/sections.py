@@ -328,9 +328,10 @@ def asv(ctx: RunInputs) -> dict:
         "sv_eer": num(rep.get("sv_eer"), "sv_eer", total(nt, nn), "target vs non-target"),
         "spf_eer": num(rep.get("spf_eer"), "spf_eer", total(nt, ns), "target vs spoof"),
         "sasv_eer": num(rep.get("sasv_eer"), "sasv_eer", total(nt, nn, ns), "target vs both"),
+        "min_adcf": num(rep.get("min_adcf"), "min_adcf", total(nt, nn, ns), "normalised; ASVspoof 5 costs"),
     }
     if gated:
-        for k in ("sv_eer", "spf_eer", "sasv_eer"):
+        for k in ("sv_eer", "spf_eer", "sasv_eer", "min_adcf"):
             metrics[f"gated_{k}"] = num(gated.get(k), f"gated.{k}", metrics[k]["n"], "CM gate in front")
     ops = {}
     for op, entry in (rep.get("operating_points") or {}).items():

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from scipy.stats import norm
 
-from detection.metrics import compute_eer, rates_at, threshold_at_far
+from detection.metrics import compute_eer, compute_min_adcf, rates_at, threshold_at_far
 from evaluation.bypass.asv import (
     GATED_SCORE,
     REPORT_FILE,
@@ -99,6 +99,8 @@ def test_calibration_reproduces_known_eer_and_far():
     spoofs = np.concatenate([like_cos, rand_cos])
     assert rep["spf_eer"] == pytest.approx(compute_eer(tgt, spoofs)[0], abs=1e-12)
     assert rep["sasv_eer"] == pytest.approx(compute_eer(tgt, np.concatenate([non, spoofs]))[0], abs=1e-12)
+    assert rep["min_adcf"] == pytest.approx(compute_min_adcf(tgt, non, spoofs)[0], abs=1e-12)
+    assert 0 < rep["min_adcf"] < 1  # better than accepting or rejecting everything, far from perfect
     assert rep["counts"] == {
         "target_speakers": 5, "speakers": 5, "enrolment_utterances": 15, "target": 2000,
         "nontarget": 8000, "spoof": 1500, "skipped_speakers": 0, "skipped_spoofs": 0,

@@ -15,6 +15,7 @@ from detection.metrics import (
     cm_report,
     compute_cllr,
     compute_eer,
+    compute_min_adcf,
     compute_min_cllr,
     compute_min_dcf,
     det_points,
@@ -92,8 +93,9 @@ def test_eer_by_hand():
     eer, thr = compute_eer(BONA_A, SPOOF_A, method="interpolate")
     assert eer == pytest.approx(1 / 3)
     assert thr == pytest.approx(3.5 + (2 / 3) * 0.5)
-    # ties: t=2 (1/4, 3/4) is closest (|d| = 1/2 vs 3/4 at t=3): EER = 1/2
-    assert compute_eer(BONA_T, SPOOF_T) == (pytest.approx(0.5), 2.0)
+    # ties, as the reference cuts them: sorted 0s 1b 2b 2b 2s 2s 2s 3b, one point after every trial;
+    # after both tied bona fide trials (miss 3/4) the three tied spoof trials are still accepted (fa 3/4)
+    assert compute_eer(BONA_T, SPOOF_T) == (pytest.approx(0.75), 2.0)
     # interpolation between t=2 (d=-1/2) and t=3 (d=+3/4): alpha = 0.4, miss = fa = 0.45
     eer, thr = compute_eer(BONA_T, SPOOF_T, method="interpolate")
     assert (eer, thr) == (pytest.approx(0.45), pytest.approx(2.4))
@@ -104,8 +106,104 @@ def test_eer_by_hand():
         compute_eer(BONA_A, SPOOF_A, method="rocch")
 
 
+def reference_compute_eer(target_scores, nontarget_scores):
+    """A direct transcription of ASVspoof's reference ``compute_det_curve`` + ``compute_eer``
+    (ASVspoof 2019/2021 ``eval_metrics.py``), returning the chosen index too."""
+    n_scores = target_scores.size + nontarget_scores.size
+    all_scores = np.concatenate((target_scores, nontarget_scores))
+    labels = np.concatenate((np.ones(target_scores.size), np.zeros(nontarget_scores.size)))
+    indices = np.argsort(all_scores, kind="mergesort")
+    labels = labels[indices]
+    tar_trial_sums = np.cumsum(labels)
+    nontarget_trial_sums = nontarget_scores.size - (np.arange(1, n_scores + 1) - tar_trial_sums)
+    frr = np.concatenate((np.atleast_1d(0), tar_trial_sums / target_scores.size))
+    far = np.concatenate((np.atleast_1d(1), nontarget_trial_sums / nontarget_scores.size))
+    thresholds = np.concatenate((np.atleast_1d(all_scores[indices[0]] - 0.001), all_scores[indices]))
+    abs_diffs = np.abs(frr - far)
+    min_index = np.argmin(abs_diffs)
+    eer = np.mean((frr[min_index], far[min_index]))
+    return eer, thresholds, min_index
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_eer_equals_the_asvspoof_reference_on_random_and_tiny_sets(tied):
+    """Exactly equal (==, not approx) on 2,000 random sets of 1-60 trials per class, half of them
+    drawn from a few integer scores so that ties are everywhere; the threshold is the reference's
+    cut in this module's convention (the lowest accepted score)."""
+    rng = np.random.default_rng(int(tied))
+    for _ in range(1000):
+        nb, ns = rng.integers(1, 61, 2)
+        if tied:
+            bona, spoof = rng.integers(0, 4, nb).astype(float), rng.integers(-1, 3, ns).astype(float)
+        else:
+            bona, spoof = rng.normal(0.5, 1, nb), rng.normal(-0.5, 1, ns)
+        ref_eer, ref_thr, k = reference_compute_eer(bona, spoof)
+        eer, thr = compute_eer(bona, spoof)
+        assert eer == ref_eer
+        pooled = np.concatenate([bona, spoof])
+        assert thr == (ref_thr[k + 1] if k + 1 < ref_thr.size else np.nextafter(pooled.max(), np.inf))
+
+
+def reference_min_adcf(
+    trg, nontrg, spf, p_spf=0.05, p_non=0.05, p_trg=0.9, c_miss=1, c_fa_asv=10, c_fa_cm=20
+):
+    """A direct transcription of the a-DCF reference (shimhz/a_DCF: compute_a_det_curve, normalize,
+    argmin), returning the chosen index and the reference's thresholds too."""
+    all_scores = np.concatenate((trg, nontrg, spf))
+    labels = np.concatenate((np.ones_like(trg), np.zeros_like(nontrg), np.ones_like(spf) + 1))
+    indices = np.argsort(all_scores, kind="mergesort")
+    labels = labels[indices]
+    scores_sorted = all_scores[indices]
+    fp_nontrg, fp_spf, fn = len(nontrg), len(spf), 0
+    far_asvs, far_cms, frrs, thresh = [1.0], [1.0], [0.0], [float(np.min(scores_sorted)) - 1e-8]
+    for sco, lab in zip(scores_sorted, labels, strict=True):
+        if lab == 0:
+            fp_nontrg -= 1
+        elif lab == 1:
+            fn += 1
+        else:
+            fp_spf -= 1
+        far_asvs.append(fp_nontrg / len(nontrg))
+        far_cms.append(fp_spf / len(spf))
+        frrs.append(fn / len(trg))
+        thresh.append(sco)
+    a_dcfs = (
+        np.array([c_miss * p_trg]) * np.array(frrs)
+        + np.array([c_fa_asv * p_non]) * np.array(far_asvs)
+        + np.array([c_fa_cm * p_spf]) * np.array(far_cms)
+    )
+    normed = a_dcfs / min(np.array([c_fa_asv * p_non + c_fa_cm * p_spf]), np.array([c_miss * p_trg]))
+    i = np.argmin(normed)
+    return normed[i], thresh, i
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_min_adcf_equals_the_reference_on_random_and_tiny_sets(tied):
+    rng = np.random.default_rng(10 + int(tied))
+    for _ in range(300):
+        n = rng.integers(1, 25, 3)
+        if tied:
+            tgt, non, spf = (
+                rng.integers(lo, lo + 4, k).astype(float) for lo, k in zip((1, -1, 0), n, strict=True)
+            )
+        else:
+            tgt, non, spf = rng.normal(1, 1, n[0]), rng.normal(-1, 1, n[1]), rng.normal(0, 1, n[2])
+        ref, ref_thr, k = reference_min_adcf(tgt, non, spf)
+        got, thr = compute_min_adcf(tgt, non, spf)
+        assert got == pytest.approx(float(ref[0]) if np.ndim(ref) else float(ref), abs=1e-12)
+        pooled = np.concatenate([tgt, non, spf])
+        assert thr == (ref_thr[k + 1] if k + 1 < len(ref_thr) else np.nextafter(pooled.max(), np.inf))
+
+
+def test_min_adcf_by_hand():
+    # a perfect SASV system costs nothing; one that accepts everything costs the trivial system's 1.0
+    assert compute_min_adcf([3.0, 4.0], [0.0, 1.0], [1.5, 2.0])[0] == 0.0
+    # all scores equal: only "accept all" (0.5 + 1.0 = 1.5) or "reject all" (0.9) exist; 0.9 / 0.9 = 1
+    assert compute_min_adcf([1.0], [1.0], [1.0]) == (1.0, np.nextafter(1.0, np.inf))
+
+
 def test_ties_do_not_depend_on_input_order():
-    # sorting-based reference code splits tied trials by input order; roc_curve's distinct thresholds don't
+    # the reference's stable sort puts bona fide before spoof among ties, whatever the order in a class
     rng = np.random.default_rng(0)
     bona = rng.integers(0, 5, 40).astype(float)
     spoof = rng.integers(-2, 3, 40).astype(float)

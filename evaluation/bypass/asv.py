@@ -79,7 +79,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from detection.metrics import compute_eer, rates_at, threshold_at_far
+from detection.metrics import compute_eer, compute_min_adcf, rates_at, threshold_at_far
 from detection.models import load_detector
 from evaluation.scorers.speaker import load_speaker_encoder
 from valle.audio import load_audio
@@ -349,6 +349,7 @@ def _metrics(cos: np.ndarray, kind: np.ndarray, cm_ok: np.ndarray | None, far: f
     m["t_far"] = float(threshold_at_far(non, far))
     m["spf_eer"] = float(compute_eer(tgt, spf)[0]) if spf.size else nan
     m["sasv_eer"] = float(compute_eer(tgt, np.concatenate([non, spf]))[0]) if spf.size else nan
+    m["min_adcf"] = float(compute_min_adcf(tgt, non, spf)[0]) if spf.size else nan
     gated = None if cm_ok is None else np.where(cm_ok, cos, GATED_SCORE)
     if gated is not None:
         g_tgt, g_non, g_spf = (gated[kind == k] for k in KINDS)
@@ -357,6 +358,7 @@ def _metrics(cos: np.ndarray, kind: np.ndarray, cm_ok: np.ndarray | None, far: f
         m["gated.sasv_eer"] = (
             float(compute_eer(g_tgt, np.concatenate([g_non, g_spf]))[0]) if spf.size else nan
         )
+        m["gated.min_adcf"] = float(compute_min_adcf(g_tgt, g_non, g_spf)[0]) if spf.size else nan
     for op in ("eer", "far"):
         t = m[f"t_{op}"]
         m[f"{op}.frr"], m[f"{op}.far"] = map(float, rates_at(tgt, non, t))
@@ -460,6 +462,7 @@ def asv_report(
         "far_target": config.far,
         "spf_eer": _none_if_nan(m["spf_eer"]),
         "sasv_eer": _none_if_nan(m["sasv_eer"]),
+        "min_adcf": _none_if_nan(m["min_adcf"]),
         "operating_points": {"eer": op("eer"), "far": op("far")},
         "cm": None,
         "gated": None,
@@ -487,6 +490,7 @@ def asv_report(
             "sv_eer": m["gated.sv_eer"],
             "spf_eer": _none_if_nan(m["gated.spf_eer"]),
             "sasv_eer": _none_if_nan(m["gated.sasv_eer"]),
+            "min_adcf": _none_if_nan(m["gated.min_adcf"]),
         }
     per_speaker = {}
     for spk in sorted(trials.enrolment_ids):
@@ -530,6 +534,9 @@ def asv_report(
         "sv_eer": "EER target vs non-target (SASV 2022)",
         "spf_eer": "EER target vs spoof (SASV 2022)",
         "sasv_eer": "EER target vs non-target + spoof (SASV 2022); on the cosine alone here, gated below",
+        "min_adcf": "normalised minimum a-DCF of the SASV score (Shim et al., Odyssey 2024; ASVspoof 5 "
+        "Track 2): costs C_miss 1, C_fa,asv 10, C_fa,cm 20, priors target 0.9, non-target 0.05, spoof "
+        "0.05 (detection.metrics.compute_min_adcf)",
         "gated": "trial accepted only if the CM accepts the recording (cm_score >= cm_threshold) and "
         "cosine >= threshold",
         "reference": "Jung et al., SASV 2022: the first spoofing-aware speaker verification challenge, "

@@ -108,7 +108,8 @@ def format_report(report: dict) -> str:
         f"{c['target']} target, {c['nontarget']} non-target, {c['spoof']} spoof; skipped "
         f"{c['skipped_speakers']} speaker(s), {c['skipped_spoofs']} spoof(s)",
         f"SV-EER {with_ci('sv_eer', report['sv_eer'])}   SPF-EER {with_ci('spf_eer', report['spf_eer'])}   "
-        f"SASV-EER {with_ci('sasv_eer', report['sasv_eer'])}",
+        f"SASV-EER {with_ci('sasv_eer', report['sasv_eer'])}   min a-DCF "
+        + (f"{report['min_adcf']:.3f}" if report.get("min_adcf") is not None else "n/a"),
     ]
     gated = report.get("gated") is not None
     head = f"{'threshold':<12}{'cosine':>8}{'FRR':>8}{'FAR':>8}{'spoof acc.':>12}"
@@ -127,7 +128,8 @@ def format_report(report: dict) -> str:
         lines.append(
             f"CM threshold {cm['threshold']:.4f} ({cm['threshold_source'].split(':')[0]}); CM EER here "
             f"{_pct(cm['eer_on_this_run']).strip()}; gated SASV-EER "
-            f"{_pct(report['gated']['sasv_eer']).strip()}"
+            f"{_pct(report['gated']['sasv_eer']).strip()}; gated min a-DCF "
+            + (f"{report['gated']['min_adcf']:.3f}" if report["gated"].get("min_adcf") is not None else "n/a")
         )
     return "\n".join(lines)
 
