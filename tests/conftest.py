@@ -18,7 +18,12 @@ def private_valle_home(tmp_path_factory):
     import os
 
     before = os.environ.get("VALLE_HOME")
-    os.environ["VALLE_HOME"] = str(tmp_path_factory.mktemp("valle_home"))
+    home = tmp_path_factory.mktemp("valle_home")
+    (home / "keys").mkdir(mode=0o700)  # a fixed default key: marks do not depend on a random draw
+    key_file = home / "keys" / "watermark.key.json"
+    key_file.write_text(json.dumps({"key_id": "default", "secret": bytes(range(200, 232)).hex()}))
+    key_file.chmod(0o600)
+    os.environ["VALLE_HOME"] = str(home)
     yield
     if before is None:
         os.environ.pop("VALLE_HOME", None)

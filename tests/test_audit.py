@@ -32,8 +32,14 @@ OPTIONS = AuditOptions(
 
 @pytest.fixture(scope="module")
 def valle_home(tmp_path_factory):
-    """Keys are created on first use in $VALLE_HOME: keep this module's keys out of the user's."""
+    """Keys are created on first use in $VALLE_HOME: keep this module's keys out of the user's. The
+    watermark key is written here with a fixed secret, so the marks (and their margins) do not depend
+    on a random draw; the signing key is still created on first use."""
     home = tmp_path_factory.mktemp("valle_home")
+    (home / "keys").mkdir(mode=0o700)
+    key_file = home / "keys" / "watermark.key.json"
+    key_file.write_text(json.dumps({"key_id": "default", "secret": bytes(range(100, 132)).hex()}))
+    key_file.chmod(0o600)
     before = os.environ.get("VALLE_HOME")
     os.environ["VALLE_HOME"] = str(home)
     yield home

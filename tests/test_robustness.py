@@ -199,17 +199,20 @@ def test_bench_cli_writes_tables_and_refuses_escaping_paths(tmp_path, real_speec
     assert summary["n_clips"] == 2 and summary["watermarker"]["name"] == "perth"
     assert "no EnCodec weights" in summary["skipped_attacks"]["encodec_6kbps"]
     assert summary["detect_seconds_per_audio_second"] > 0 and 3 < summary["quality"]["pesq_wb"] <= 4.7
-    # the keyed backend with a fresh in-memory key: the same table and the same decision figures
+    # the keyed backend: the same table and the same decision figures
+    key_file = tmp_path / "bench.key.json"  # a fixed key: tests do not depend on a random draw
+    key_file.write_text(json.dumps({"key_id": "bench", "secret": bytes(range(32)).hex()}))
+    key_file.chmod(0o600)
     keyed = parser.parse_args(
         ["watermark-bench", "--audio", str(audio), "--attacks", "polarity", "--watermark", "keyed",
-         "--no-quality", "--out", str(tmp_path / "keyed")]
+         "--key-file", str(key_file), "--no-quality", "--out", str(tmp_path / "keyed")]
     )  # fmt: skip
     assert keyed.func(keyed) == 0
     rows = pd.read_parquet(tmp_path / "keyed" / "per_attack.parquet").set_index("attack")
     assert rows.loc["none", "tpr"] == 1.0 and rows.loc["polarity", "tpr"] == 1.0
     assert rows.loc["none", "fpr"] == 0.0 and rows.loc["none", "bit_acc"] > 0.5
     text = (tmp_path / "keyed" / "summary.json").read_text()
-    assert json.loads(text)["watermarker"]["name"] == "keyed" and "secret" not in text
+    assert json.loads(text)["watermarker"]["name"] == "keyed" and bytes(range(32)).hex() not in text
     options = bench_cli.parse_options(["threshold=0.7", "generator=a.pth"])
     assert options == {"threshold": 0.7, "generator": "a.pth"}
     with pytest.raises(ValueError, match="KEY=VALUE"):

@@ -12,7 +12,7 @@ import soundfile as sf
 from tests.test_verify import valle
 from watermark import load_watermarker
 from watermark.attacks import lossy_codec, speed
-from watermark.keys import KeyRing, generate_key
+from watermark.keys import KeyRing, WatermarkKey
 from watermark.provenance import Ledger, build_manifest, generate_signing_key, load_public_key, sign_manifest
 from watermark.verify import verify_file
 
@@ -24,6 +24,12 @@ TEXTS = {
 }
 
 
+def _key_file(path, key: WatermarkKey) -> WatermarkKey:
+    path.write_text(json.dumps({"key_id": key.key_id, "secret": key.secret.hex()}))
+    path.chmod(0o600)
+    return key
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """Keyed-marked files with signed sidecars and a ledger, as the generator leaves them."""
@@ -33,8 +39,9 @@ def run_dir(tmp_path_factory):
     keys, out = root / "keys", root / "run"
     out.mkdir()
     priv = generate_signing_key(keys / "lab.signing.pem", keys / "lab.public.pem")
-    key = generate_key(keys / "lab.key.json", "lab-1")
-    generate_key(keys / "other.key.json", "lab-2")
+    # fixed secrets (tests must not depend on a random draw); the files look like `valle keys new`'s
+    key = _key_file(keys / "lab.key.json", WatermarkKey("lab-1", bytes(range(40, 72))))
+    _key_file(keys / "other.key.json", WatermarkKey("lab-2", bytes(range(80, 112))))
     wm = load_watermarker("keyed", key=key)
     ledger = Ledger(out / "ledger.jsonl")
     with EspeakSynth() as synth:
