@@ -34,7 +34,7 @@ from results_io import write_result
 
 from watermark.attacks import attack_bank, skipped_attacks
 from watermark.bench_cli import jsonable, read_mono
-from watermark.keyed import MIN_SECONDS, KeyedWatermarker, _viterbi
+from watermark.keyed import MIN_SECONDS, P_THRESHOLD, KeyedWatermarker, viterbi
 from watermark.keys import WatermarkKey
 from watermark.robustness import quality
 
@@ -77,7 +77,7 @@ def clip_trials(job: tuple) -> list[dict]:
         am, am_sr = (marked, sr) if atk is None else atk(marked, sr, original=wav)
         au, au_sr = (wav, sr) if atk is None else atk(wav, sr, original=wav)
         ev_m, ev_u, ev_w = right.evidence(am, am_sr), right.evidence(au, au_sr), wrong.evidence(am, am_sr)
-        bits = _viterbi(ev_m.soft_bits)
+        bits = viterbi(ev_m.soft_bits)
         rows.append(
             base
             | {
@@ -141,7 +141,7 @@ def main() -> None:
         args.tables.mkdir(parents=True, exist_ok=True)
         trials.to_parquet(args.tables / "keyed_trials.parquet", index=False)
 
-    thr = KeyedWatermarker(key=WatermarkKey("x", secret_a)).threshold
+    thr = P_THRESHOLD
     null = trials[trials["family"] == "random_key"]
     trials = trials[trials["family"] != "random_key"]
     attacked = trials[trials["family"] != "crop"]

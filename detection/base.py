@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
 
@@ -71,8 +72,9 @@ def progress_iter(items, progress: bool, desc: str):
     return tqdm(items, desc=desc, leave=False)
 
 
-class BaseDetector:
-    """Shared plumbing: validation, shortcut controls, feature extraction, persistence."""
+class BaseDetector(ABC):
+    """Shared plumbing: validation, shortcut controls, feature extraction, persistence. Each model
+    implements the abstract hooks (front end, fit, score, and what it saves)."""
 
     kind: ClassVar[str] = ""
 
@@ -91,9 +93,9 @@ class BaseDetector:
         clips = [_as_clip(item, i) for i, item in enumerate(wavs)]
         return [preprocess(w, sr, self.controls) for w, sr in progress_iter(clips, progress, desc)]
 
+    @abstractmethod
     def _features(self, clips: list[Waveform]) -> list[np.ndarray]:
         """Per-clip features ``[T, D]`` of already preprocessed clips (subclasses choose the front end)."""
-        raise NotImplementedError
 
     # -- interface ------------------------------------------------------------------------------
     def fit(self, wavs: list[Waveform], labels: np.ndarray, progress: bool = False) -> BaseDetector:
@@ -153,24 +155,30 @@ class BaseDetector:
             raise DetectorFileError(f"{path / 'detector.json'}: malformed {kind!r} model ({err!r})") from err
 
     # -- subclass hooks -------------------------------------------------------------------------
+    @abstractmethod
     def _fit(self, feats: list[np.ndarray], labels: np.ndarray, progress: bool) -> dict:
-        raise NotImplementedError
+        """Train on per-clip features; returns a summary merged into ``self.training``."""
 
+    @abstractmethod
     def _score(self, feats: list[np.ndarray]) -> np.ndarray:
-        raise NotImplementedError
+        """Scores ``[n]``, log-odds of bona fide."""
 
+    @abstractmethod
     def _hyperparameters(self) -> dict:
-        raise NotImplementedError
+        """Constructor arguments, saved with the model."""
 
+    @abstractmethod
     def _feature_config(self) -> dict:
-        raise NotImplementedError
+        """The front end's settings, saved with the model."""
 
+    @abstractmethod
     def _arrays(self) -> dict[str, dict[str, np.ndarray]]:
-        raise NotImplementedError
+        """Named groups of arrays to save (safetensors)."""
 
     @classmethod
+    @abstractmethod
     def _from_saved(cls, meta: dict, arrays: dict[str, dict[str, np.ndarray]]) -> BaseDetector:
-        raise NotImplementedError
+        """A fitted instance from what :meth:`save` wrote."""
 
 
 def _versions() -> dict:

@@ -127,15 +127,11 @@ def compute_eer(
     """
     if method == "asvspoof":
         bona, spf = _pair(bonafide, spoof)
-        scores = np.concatenate([bona, spf])
-        order = np.argsort(scores, kind="mergesort")  # stable: bona fide before spoof among ties
-        is_bona = np.concatenate([np.ones(bona.size), np.zeros(spf.size)])[order]
-        # point k rejects the k lowest trials: P_miss = rejected bona fide, P_fa = accepted spoof
-        miss = np.concatenate([[0.0], np.cumsum(is_bona)]) / bona.size
-        fa = (spf.size - np.concatenate([[0.0], np.cumsum(1.0 - is_bona)])) / spf.size
+        thr, (rej_bona, rej_spf) = _reference_cuts(bona, spf)
+        miss = rej_bona / bona.size  # rejected bona fide
+        fa = (spf.size - rej_spf) / spf.size  # accepted spoof
         k = int(np.argmin(np.abs(miss - fa)))
-        thr = scores[order[k]] if k < scores.size else np.nextafter(scores.max(), np.inf)
-        return float((miss[k] + fa[k]) / 2.0), float(thr)
+        return float((miss[k] + fa[k]) / 2.0), float(thr[k])
     thr, miss, fa = roc_points(bonafide, spoof)
     diff = miss - fa  # non-decreasing from -1 to +1
     if method != "interpolate":
@@ -201,10 +197,7 @@ def compute_min_adcf(
     """
     tgt = _scores(target, "target")
     non, spf = _scores(nontarget, "non-target"), _scores(spoof, "spoof")
-    scores = np.concatenate([tgt, non, spf])
-    order = np.argsort(scores, kind="mergesort")
-    label = np.concatenate([np.zeros(tgt.size), np.ones(non.size), np.full(spf.size, 2.0)])[order]
-    rejected = [np.concatenate([[0.0], np.cumsum(label == k)]) for k in (0, 1, 2)]  # after each cut
+    thr, rejected = _reference_cuts(tgt, non, spf)
     # the reference's arithmetic, so that equal costs at two cuts round alike and the same cut wins
     miss = rejected[0] / tgt.size
     fa_non = (non.size - rejected[1]) / non.size
@@ -212,8 +205,23 @@ def compute_min_adcf(
     dcf = c_miss * p_target * miss + c_fa_asv * p_nontarget * fa_non + c_fa_cm * p_spoof * fa_spf
     dcf /= min(c_fa_asv * p_nontarget + c_fa_cm * p_spoof, c_miss * p_target)
     k = int(np.argmin(dcf))
-    thr = scores[order[k]] if k < scores.size else np.nextafter(scores.max(), np.inf)
-    return float(dcf[k]), float(thr)
+    return float(dcf[k]), float(thr[k])
+
+
+def _reference_cuts(*classes: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The operating points of the ASVspoof / a-DCF reference DET code: the pooled scores sorted with
+    a stable sort (so among ties, classes in argument order), one point after every trial.
+
+    Returns ``(thresholds, rejected)``: point ``k`` rejects the ``k`` lowest trials; ``thresholds[k]``
+    is its lowest accepted score (accept ``score >= threshold``; the last is above every score) and
+    ``rejected[c][k]`` the number of class ``c`` trials it rejects; each ``[n + 1]``.
+    """
+    scores = np.concatenate(classes)
+    order = np.argsort(scores, kind="mergesort")
+    label = np.concatenate([np.full(c.size, i) for i, c in enumerate(classes)])[order]
+    rejected = [np.concatenate([[0.0], np.cumsum(label == i)]) for i in range(len(classes))]
+    thresholds = np.append(scores[order], np.nextafter(scores.max(), np.inf))
+    return thresholds, rejected
 
 
 def compute_cllr(bonafide_llr, spoof_llr) -> float:

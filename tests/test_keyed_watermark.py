@@ -14,9 +14,9 @@ from watermark.keyed import (
     CODED_BITS,
     P_THRESHOLD,
     KeyedWatermarker,
-    _conv_encode,
     _layout,
-    _viterbi,
+    conv_encode,
+    viterbi,
 )
 from watermark.keys import WatermarkKey
 
@@ -140,9 +140,9 @@ def test_layout_is_a_function_of_secret_and_key_id():
 
 def test_viterbi_corrects_channel_errors():
     bits = np.array(PAYLOAD)
-    code = _conv_encode(bits * 2 - 1.0)
+    code = conv_encode(bits * 2 - 1.0)
     assert code.shape == (CODED_BITS,)
     noisy = code.copy()
     noisy[[3, 20, 41, 60]] *= -0.8  # four wrong channel bits, spread out
-    assert np.array_equal(_viterbi(noisy), bits)
-    assert np.array_equal(_viterbi(code), bits)
+    assert np.array_equal(viterbi(noisy), bits)
+    assert np.array_equal(viterbi(code), bits)

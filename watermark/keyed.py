@@ -62,6 +62,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
+from scipy.special import ndtr
 
 from watermark.base import Detection, WatermarkError, check_payload, check_wav, fit_length
 from watermark.keys import WatermarkKey
@@ -157,12 +158,11 @@ class KeyedWatermarker:
         x = np.asarray(wav, np.float64)
         x16 = _resample(x, sr, SR)
         spec = _stft(x16)  # [F, T]
-        band = _band_of_bin()
         n_tiles = spec.shape[1] // FRAMES_PER_TILE
         # lattice offset of every tile: the cell's dither, moved by half a step for a channel bit 1
         dither = self._dither(None if bits is None else np.array(bits))  # [P, B] in [0, step)
         offsets = dither[np.arange(n_tiles) % PERIOD_TILES]  # [I, B]
-        log_e = _log_tiles(_band_energy(spec, band)[: n_tiles * FRAMES_PER_TILE])
+        log_e = _log_tiles(_band_energy(spec)[: n_tiles * FRAMES_PER_TILE])
         # quieter tiles cost less of the SNR budget: move them further towards the lattice
         db = (log_e - np.percentile(log_e, 95)) * (10 / math.log(10))
         alpha = np.clip(self.alpha * 10 ** (-np.minimum(db, 0) / 20 * LEVEL_BOOST), self.alpha, 1.0)
@@ -171,12 +171,12 @@ class KeyedWatermarker:
         marked16 = x16
         for it in range(EMBED_ITERATIONS):  # the STFT of the resynthesis is not exactly the edited STFT
             if it:
-                got = _log_tiles(_band_energy(_stft(marked16), band)[: n_tiles * FRAMES_PER_TILE])
+                got = _log_tiles(_band_energy(_stft(marked16))[: n_tiles * FRAMES_PER_TILE])
                 gain *= np.exp((target - got) / 2)  # energy ratio -> amplitude ratio
             frame_gain = np.ones((spec.shape[0], spec.shape[1]))
             per_frame = np.repeat(gain, FRAMES_PER_TILE, axis=0)  # [I * FPT, B]
-            in_band = band >= 0
-            frame_gain[np.ix_(in_band, np.arange(len(per_frame)))] = per_frame[:, band[in_band]].T
+            in_band = BAND >= 0
+            frame_gain[np.ix_(in_band, np.arange(len(per_frame)))] = per_frame[:, BAND[in_band]].T
             marked16 = _istft(spec * frame_gain, len(x16))
         delta = fit_length(_resample(marked16 - x16, SR, sr), len(x))
         return np.clip(x + delta, -1.0, 1.0).astype(np.float32)
@@ -188,7 +188,7 @@ class KeyedWatermarker:
 
     def _dither(self, bits: np.ndarray | None) -> np.ndarray:
         """``[P, B]`` lattice offsets: the key's dither, plus half a step on cells of channel bits 1."""
-        coded = np.zeros(CODED_BITS) if bits is None else (_conv_encode(bits * 2 - 1.0) > 0)
+        coded = np.zeros(CODED_BITS) if bits is None else (conv_encode(bits * 2 - 1.0) > 0)
         half = np.where(self._role < 0, 0.0, coded[np.maximum(self._role, 0)] * 0.5)
         return (self._phase + half) % 1.0 * self.step
 
@@ -200,12 +200,11 @@ class KeyedWatermarker:
         speeds = SPEED_GRID if self.speed_search else (1.0,)
         pilot = self._role < 0
         key = np.exp(-2j * np.pi * self._phase)  # conj of the dither phasor, [P, B]
-        band = _band_of_bin()
         best = None
         z0 = 0.0
         hyps = len(speeds) * FRAMES_PER_TILE * PERIOD_TILES
         for f in speeds:
-            energy = _band_energy(_stft(_resample(x, sr, SR * f)), band)
+            energy = _band_energy(_stft(_resample(x, sr, SR * f)))
             for o, res in _resultants(energy, self.step):
                 corr = (res * key).real  # [P, B]
                 z = pilot_z(corr[pilot], res[pilot])
@@ -220,11 +219,11 @@ class KeyedWatermarker:
         np.add.at(soft, self._role[~pilot], corr[~pilot])
         soft /= math.sqrt(float(np.sum(np.abs(res[~pilot]) ** 2)) / 2) or 1.0
         p = min(1.0, hyps * tail_bound(z))
-        return KeyedEvidence(z, p, z0, _q(z0), float(f), int(o), hyps, -soft)
+        return KeyedEvidence(z, p, z0, float(ndtr(-z0)), float(f), int(o), hyps, -soft)
 
     def detect(self, wav: np.ndarray, sr: int) -> Detection:
         ev = self.evidence(wav, sr)
-        payload = tuple(int(b) for b in _viterbi(ev.soft_bits))
+        payload = tuple(int(b) for b in viterbi(ev.soft_bits))
         # score in [0, 1]: -log10(p) / 12, so the default threshold p = 1e-6 sits at 0.5
         score = min(1.0, -math.log10(max(ev.p_value, 1e-300)) / 12)
         return Detection(
@@ -241,7 +240,7 @@ class KeyedWatermarker:
         payload this key did not embed in the audio's ancestry. (Against another payload embedded
         with the same key it is only a ranking: codewords overlap.)"""
         bits = check_payload(payload, self.payload_bits, self.name)
-        return float(np.dot(_conv_encode(np.array(bits) * 2 - 1.0), payload_soft))
+        return float(np.dot(conv_encode(np.array(bits) * 2 - 1.0), payload_soft))
 
 
 def pilot_z(corr: np.ndarray, res: np.ndarray) -> float:
@@ -306,10 +305,13 @@ def _band_of_bin() -> np.ndarray:
     return np.where((hz >= edges[0]) & (hz < edges[-1]), band, -1)
 
 
-def _band_energy(spec: np.ndarray, band: np.ndarray) -> np.ndarray:
+BAND = _band_of_bin()  # [F]
+_BAND_SUM = (BAND[:, None] == np.arange(N_BANDS)[None]).astype(np.float64)  # [F, B]: bins -> bands
+
+
+def _band_energy(spec: np.ndarray) -> np.ndarray:
     """``[T, B]`` energy of each STFT frame ``spec [F, T]`` in each sub-band."""
-    onehot = (band[:, None] == np.arange(N_BANDS)[None]).astype(np.float64)  # [F, B]
-    return (np.abs(spec) ** 2).T @ onehot
+    return (np.abs(spec) ** 2).T @ _BAND_SUM
 
 
 def _log_tiles(frame_energy: np.ndarray) -> np.ndarray:
@@ -358,16 +360,12 @@ def _resultants(energy: np.ndarray, step: float):
             yield phase + FRAMES_PER_TILE * k, np.roll(res0, k, axis=0)
 
 
-def _q(z: float) -> float:
-    return 0.5 * math.erfc(z / math.sqrt(2))
-
-
 # -- channel code -------------------------------------------------------------------------------
 _G = (0o171, 0o133)
 _K = 7
 
 
-def _conv_encode(signs: np.ndarray) -> np.ndarray:
+def conv_encode(signs: np.ndarray) -> np.ndarray:
     """Rate-1/2 convolutional code of ±1 ``signs`` [n] (zero-terminated): ±1 ``[2 * (n + 6)]``."""
     bits = [int(s > 0) for s in signs] + [0] * (_K - 1)
     state, out = 0, []
@@ -377,8 +375,8 @@ def _conv_encode(signs: np.ndarray) -> np.ndarray:
     return np.array(out, float) * 2 - 1
 
 
-def _viterbi(soft: np.ndarray) -> np.ndarray:
-    """Soft-decision Viterbi for :func:`_conv_encode`: bits ``[n]`` from correlations ``[2 (n + 6)]``."""
+def viterbi(soft: np.ndarray) -> np.ndarray:
+    """Soft-decision Viterbi for :func:`conv_encode`: bits ``[n]`` from correlations ``[2 (n + 6)]``."""
     half = 1 << (_K - 2)  # states s and s + half both move to (2 s + b) mod 2 half
     states = np.arange(2 * half)
     steps = len(soft) // 2

@@ -209,7 +209,9 @@ def _redecide(v: dict, why: str) -> dict:
     return v
 
 
+@functools.cache
 def _keyed_detector(keyring: KeyRing, key_id: str) -> Watermarker:
+    """One detector per key per run (the ring is hashed by identity), not one per file."""
     return load_watermarker("keyed", key=keyring.get(key_id))
 
 

@@ -89,6 +89,10 @@ def read_spoof_rows(path: str | Path) -> tuple[list[dict], dict]:
     return _spoofs_from_manifest(path)
 
 
+def _dcf(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def _pct(x: float | None) -> str:
     return "   n/a" if x is None else f"{100 * x:5.1f}%"
 
@@ -108,8 +112,7 @@ def format_report(report: dict) -> str:
         f"{c['target']} target, {c['nontarget']} non-target, {c['spoof']} spoof; skipped "
         f"{c['skipped_speakers']} speaker(s), {c['skipped_spoofs']} spoof(s)",
         f"SV-EER {with_ci('sv_eer', report['sv_eer'])}   SPF-EER {with_ci('spf_eer', report['spf_eer'])}   "
-        f"SASV-EER {with_ci('sasv_eer', report['sasv_eer'])}   min a-DCF "
-        + (f"{report['min_adcf']:.3f}" if report.get("min_adcf") is not None else "n/a"),
+        f"SASV-EER {with_ci('sasv_eer', report['sasv_eer'])}   min a-DCF {_dcf(report.get('min_adcf'))}",
     ]
     gated = report.get("gated") is not None
     head = f"{'threshold':<12}{'cosine':>8}{'FRR':>8}{'FAR':>8}{'spoof acc.':>12}"
@@ -129,7 +132,7 @@ def format_report(report: dict) -> str:
             f"CM threshold {cm['threshold']:.4f} ({cm['threshold_source'].split(':')[0]}); CM EER here "
             f"{_pct(cm['eer_on_this_run']).strip()}; gated SASV-EER "
             f"{_pct(report['gated']['sasv_eer']).strip()}; gated min a-DCF "
-            + (f"{report['gated']['min_adcf']:.3f}" if report["gated"].get("min_adcf") is not None else "n/a")
+            f"{_dcf(report['gated'].get('min_adcf'))}"
         )
     return "\n".join(lines)
 
