@@ -22,20 +22,9 @@ from results_io import write_result
 from evaluation.scorers.asr import WHISPER_SR, FasterWhisperASR
 from evaluation.scorers.wer import word_error_rate
 from valle.audio import load_audio
+from valle.hardware import cpu_simd_flags
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_speech"
-SIMD = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
-
-
-def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next(
-        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []
-    )
-    return [f for f in SIMD if f in flags]
 
 
 def main() -> None:
@@ -50,7 +39,7 @@ def main() -> None:
     wavs = [load_audio(args.data / r["audio"], sample_rate=WHISPER_SR)[0] for r in rows]
     refs = [r["text"] for r in rows]
     texts: dict[tuple[str, int], list[str]] = {}
-    figures: dict = {"cpu_simd_flags": cpu_flags(), "n_clips": len(rows)}
+    figures: dict = {"cpu_simd_flags": cpu_simd_flags(), "n_clips": len(rows)}
     for ct in args.compute_types:
         for n in args.threads:
             asr = FasterWhisperASR(compute_type=ct, cpu_threads=n)

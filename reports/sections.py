@@ -9,6 +9,7 @@ Every numeric leaf of a body is a number object (:mod:`reports.numbers`).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 
 import pandas as pd
@@ -142,9 +143,15 @@ def _summary_metrics(ctx: RunInputs, names: tuple[str, ...], key: str) -> dict:
 
 def intelligibility(ctx: RunInputs) -> dict:
     out = {"metrics": _summary_metrics(ctx, INTELLIGIBILITY, "asr")}
-    counts = ctx.json("summary.json").get("counts") or {}
-    if "asr_unreliable_items" in counts:
-        out["note"] = f"{counts['asr_unreliable_items']} item(s) where ASR fallback was exhausted"
+    summary = ctx.json("summary.json")
+    counts = summary.get("counts") or {}
+    if counts.get("asr_unreliable_items"):
+        reasons = Counter(u.get("reason") for u in summary.get("asr_unreliable") or [] if isinstance(u, dict))
+        why = ", ".join(f"{r} {n}" for r, n in sorted(reasons.items()))
+        out["note"] = (
+            f"{counts['asr_unreliable_items']} item(s) ASR-unreliable ({why or 'reasons not recorded'}): "
+            "left out of wer_asr_reliable_items, kept in wer"
+        )
     return out
 
 

@@ -8,6 +8,7 @@ from dataclasses import asdict
 
 import numpy as np
 import pytest
+import scipy.signal
 
 from evaluation.scorers.asr import (
     WHISPER_SR,
@@ -15,11 +16,15 @@ from evaluation.scorers.asr import (
     FasterWhisperASR,
     OpenAIWhisperASR,
     Transcript,
+    compat_options,
     default_model_dir,
     load_asr,
+    to_whisper_rate,
 )
+from evaluation.scorers.wer import utterance_wer
 from tests.conftest import tone
-from valle.audio import AudioError, load_audio
+from valle.audio import AudioError, load_audio, resample
+from valle.hardware import cpu_simd_flags
 
 CLIPS = ("vctk_p243_023", "vctk_p225_002", "kathleen_arctic_a0008_1592748408")
 
@@ -95,10 +100,39 @@ def test_faster_whisper_card(fw):
         "backend": "faster-whisper",
         "model": str(default_model_dir()),
         "sha256": card["sha256"],
+        "compat": "project",
         "beam_size": 5,
         "temperatures": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+        "timestamps": True,
         "seed": 0,
+        # what can change a transcript between machines is on the card
+        "device": "cpu",
+        "compute_type": "int8",
+        "cpu_threads": 2,
+        "cpu_simd_flags": cpu_simd_flags(),
     }
+
+
+def test_seed_tts_eval_convention(fw, clips):
+    """--asr-compat seed-tts-eval: run_wer.py's greedy, fallback-free, timestamp-free decode on audio
+    resampled by scipy's FFT resampler from the file's own rate."""
+    o = compat_options("seed-tts-eval")
+    assert (o.beam_size, o.temperatures, o.without_timestamps) == (1, (0.0,), True)
+    with pytest.raises(ValueError, match="unknown ASR convention"):
+        compat_options("espnet")
+    x = tone(1.0, 24_000)
+    assert np.array_equal(
+        to_whisper_rate(x, 24_000, "seed-tts-eval"),
+        scipy.signal.resample(x.astype(np.float64), 16_000).astype(np.float32),
+    )
+    assert np.array_equal(to_whisper_rate(x, 24_000), resample(x, 24_000, WHISPER_SR))
+    seed = FasterWhisperASR(options=o)
+    assert seed.card()["compat"] == "seed-tts-eval" and seed.card()["timestamps"] is False
+    for item_id, (row, wav) in clips.items():
+        # a clear read sentence: greedy decoding gets it mostly right (wide margin, not one clip's bits)
+        assert utterance_wer(row["text"], seed.transcribe(wav, WHISPER_SR).text, "seed-tts-eval") < 0.5, (
+            item_id
+        )
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -18,8 +19,10 @@ import torch
 from evaluation.runs.generators import CommandGenerator, GenRequest, load_generator
 from evaluation.runs.run import RunOptions, score
 from evaluation.runs.rundir import RunLockedError, exclusive, records
-from evaluation.runs.summary import compare_runs, merge
-from evaluation.scorers.scoring import Scorers
+from evaluation.runs.summary import compare_runs, merge, summarize
+from evaluation.scorers.asr import compat_options
+from evaluation.scorers.scoring import Scorers, ScoringConfig
+from evaluation.scorers.wer import normalize
 from evaluation.testsets.testset import TestSet, TestSetOptions, build_test_set, cut_prompt
 from valle.manifest import read_manifest
 
@@ -99,6 +102,51 @@ def test_summary_counts_and_intervals(sharded_run):
     assert m["sim_target"]["n"] == 4 and "ceiling_wer" in m
 
 
+def test_asr_unreliable_items_are_listed_with_reasons_and_left_out_of_reliable_wer():
+    """Item b: the ASR gets its real recording 75% wrong; item c: the ASR's fallback is exhausted on
+    the real recording; item d, seed 1: exhausted on the output. Plain WER keeps everything."""
+    rows = [
+        {
+            "id": i,
+            "seed": seed,
+            "status": "ok",
+            "error": None,
+            "substitutions": e,
+            "deletions": 0,
+            "insertions": 0,
+            "n_ref_words": 4,
+            "wer": e / 4,
+            "watermark_verified": None,
+            "any_flag": False,
+            "asr_fallback_exhausted": (i, seed) == ("d", 1),
+        }  # fmt: skip
+        for i, e in (("a", 0), ("b", 1), ("c", 4), ("d", 2))
+        for seed in (0, 1)
+    ]
+    refs = pd.DataFrame(
+        {
+            "id": i,
+            "substitutions": 3 * (i == "b"),
+            "deletions": 0,
+            "insertions": 0,
+            "n_ref_words": 4,
+            "wer": 0.75 * (i == "b"),
+            "gt_asr_fallback_exhausted": i == "c",
+        }  # fmt: skip
+        for i in "abcd"
+    )
+    s = summarize(pd.DataFrame(rows), refs, {"seeds": [0, 1]})
+    assert s["asr_unreliable"] == [
+        {"id": "b", "seed": None, "reason": "reference_wer_over_50pct"},
+        {"id": "c", "seed": None, "reason": "reference_fallback_exhausted"},
+        {"id": "d", "seed": 1, "reason": "output_fallback_exhausted"},
+    ]
+    assert s["counts"]["asr_unreliable_items"] == 3
+    assert s["metrics"]["wer"]["value"] == pytest.approx(14 / 32, abs=1e-4)
+    # left: item a (0 errors, both seeds) and item d seed 0 (2 errors) = 2 / 12 words
+    assert s["metrics"]["wer_asr_reliable_items"]["value"] == pytest.approx(2 / 12, abs=1e-4)
+
+
 def test_merge_is_idempotent(sharded_run):
     before = [(sharded_run / p).read_bytes() for p in ("tables/scores.parquet", "summary.json")]
     merge(sharded_run)
@@ -174,6 +222,25 @@ def test_folder_chunk_mixing_an_invalid_item_with_good_ones_scores(espeak_corpus
     assert (rows.drop(index="lone_0")["status"] == "ok").all()
     assert rows.drop(index="lone_0")["flag_max_length"].isna().all()  # a folder reports no stop reason
     assert len(rows) == 4
+
+
+def test_seed_tts_eval_convention_end_to_end(setup, tmp_path):
+    """`--asr-compat seed-tts-eval`: the card says so, WER text is run_wer.py's (punctuation gone, case
+    folded, no spelling normalisation), and reference rows carry the ASR's fallback flag."""
+    _, ts, _, outputs = setup
+    config = ScoringConfig(asr_options=compat_options("seed-tts-eval"), quality=False, vad=False)
+    options = RunOptions(generator=f"folder:{outputs}", chunk_size=CHUNK, scoring=config)
+    score(tmp_path / "run", ts, options, progress=False, scorers=Scorers(config))
+    card = json.loads((tmp_path / "run" / "config.json").read_text())["scorers"]["asr"]
+    assert card["compat"] == "seed-tts-eval" and card["text_normalizer"] == "seed-tts-eval"
+    assert card["beam_size"] == 1 and card["temperatures"] == [0.0]
+    rows = pd.read_parquet(tmp_path / "run" / "tables" / "scores.parquet")
+    ok = rows[rows["status"] == "ok"]
+    assert len(ok) == 4
+    for hyp, hyp_norm in zip(ok["hyp"], ok["hyp_norm"], strict=True):
+        assert hyp_norm == normalize(hyp, "seed-tts-eval") and hyp_norm == hyp_norm.lower()
+    refs = pd.read_parquet(tmp_path / "run" / "tables" / "references.parquet")
+    assert refs["gt_asr_fallback_exhausted"].notna().all()
 
 
 def test_a_second_writer_is_refused_and_a_killed_writers_lock_does_not_block(setup, tmp_path):

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import string
+
 import jiwer
 import pytest
+from zhon.hanzi import punctuation as hanzi_punctuation
 
 from evaluation.scorers.asr import FasterWhisperASR
 from evaluation.scorers.wer import normalize, utterance_wer, word_error_rate
@@ -11,6 +14,31 @@ from valle.audio import load_audio
 def test_normalisation_makes_spelling_variants_agree():
     assert normalize("Mr. Smith's 2 cats!") == normalize("mister smith's two cats")
     assert utterance_wer("Hello, World.", "hello world") == 0.0
+
+
+def _seed_tts_eval_wer(hypo: str, truth: str) -> float:
+    """A direct transcription of seed-tts-eval ``run_wer.py``'s ``process_one`` for English."""
+    for x in string.punctuation + hanzi_punctuation:
+        if x == "'":
+            continue
+        truth, hypo = truth.replace(x, ""), hypo.replace(x, "")
+    truth, hypo = truth.replace("  ", " ").lower(), hypo.replace("  ", " ").lower()
+    return jiwer.wer(truth, hypo)
+
+
+@pytest.mark.parametrize(
+    "ref, hyp",
+    [
+        ("Mr. Smith's 2 cats!", "mister smith's two cats"),  # no spelling normalisation: 3 errors
+        ("He said, \u201cdon\u2019t\u201d \u2014 twice.", "he said don't twice"),  # curly quotes go
+        ("Well--it's  fine; (really)", "well its fine really"),
+        ("The  year 1999 ended.", "the year nineteen ninety nine ended"),
+    ],
+)
+def test_seed_tts_eval_normaliser_equals_its_reference(ref, hyp):
+    assert utterance_wer(ref, hyp, "seed-tts-eval") == pytest.approx(_seed_tts_eval_wer(hyp, ref))
+    with pytest.raises(ValueError, match="unknown text normaliser"):
+        normalize(ref, "nemo")
 
 
 def test_corpus_wer_equals_jiwer_on_normalised_strings():

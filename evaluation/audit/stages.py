@@ -113,6 +113,7 @@ def _run_options(audit: Audit, generate: bool):
         speaker_model=p.speaker_model,
         quality=o.quality,
         vad=True,  # the audit always measures silence
+        asr_compat=o.asr_compat,
         sampling=o.sampling or None,
         watermark=watermark,
     )

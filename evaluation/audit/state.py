@@ -60,6 +60,7 @@ class AuditOptions:
     device: str = "cpu"
     sampling: tuple[tuple[str, object], ...] = ()  # valle: SamplingOptions overrides (top_p, ras, ...)
     quality: bool = True  # DNSMOS
+    asr_compat: str = "project"  # evaluation.scorers.asr.ASR_COMPAT
     detector: str = "lfcc-gmm"
     detect_degradations: tuple[str, ...] = DETECT_DEGRADATIONS
     detect_test_fraction: float = 0.3

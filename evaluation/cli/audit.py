@@ -9,6 +9,7 @@ from pathlib import Path
 from evaluation.audit.stages import run_audit
 from evaluation.audit.state import STAGES, AuditOptions, timing_summary
 from evaluation.cli.score import add_testset_args, load_testset
+from evaluation.scorers.asr import ASR_COMPAT
 from evaluation.testsets.demo_set import demo_testset
 
 EXAMPLES = """examples:
@@ -62,6 +63,14 @@ def add_parser(sub) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--chunk-size", type=int, default=8)
     p.add_argument("--no-quality", action="store_true", help="skip DNSMOS")
+    p.add_argument(
+        "--asr-compat",
+        default="project",
+        choices=ASR_COMPAT,
+        help="ASR convention: project (beam 5, temperature fallback, Whisper's text normaliser) or "
+        "seed-tts-eval (its run_wer.py: FFT resampling, greedy, no fallback, punctuation-stripping "
+        "normaliser; pair with --asr openai-whisper --asr-model large-v3 for a paper's model)",
+    )
     s = p.add_argument_group("sampling (valle: generators; defaults: top-p 0.8, temperature 1, RAS on)")
     s.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold")
     s.add_argument("--temperature", type=float, default=None)
@@ -103,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         sampling=tuple(sorted((k, v) for k, v in sampling.items() if v is not None)),
         quality=not args.no_quality,
+        asr_compat=args.asr_compat,
         watermark_clips=args.watermark_clips,
         bootstrap=args.bootstrap,
         model_paths=tuple(sorted(paths.items())),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from evaluation.runs.run import STAGES, build_run_options, rank_world, score
 from evaluation.runs.summary import merge
+from evaluation.scorers.asr import ASR_COMPAT
 from evaluation.testsets.testset import (
     PROTOCOLS,
     TestSet,
@@ -113,6 +114,14 @@ def add_parser(sub) -> None:
         default=None,
         help="CTranslate2 dir, Whisper model name or .pt (default: bundled tiny.en)",
     )
+    p.add_argument(
+        "--asr-compat",
+        default="project",
+        choices=ASR_COMPAT,
+        help="ASR convention: project (beam 5, temperature fallback, Whisper's text normaliser) or "
+        "seed-tts-eval (its run_wer.py: FFT resampling, greedy, no fallback, punctuation-stripping "
+        "normaliser; pair with --asr openai-whisper --asr-model large-v3 for a paper's model)",
+    )
     p.add_argument("--speaker", default="resemblyzer", choices=("resemblyzer", "ecapa"))
     p.add_argument("--speaker-model", default=None, help="local SpeechBrain ECAPA model dir")
     p.add_argument("--no-quality", action="store_true", help="skip DNSMOS")
@@ -155,6 +164,7 @@ def run_score(args) -> int:
         device=args.device,
         asr=args.asr,
         asr_model=args.asr_model,
+        asr_compat=args.asr_compat,
         speaker=args.speaker,
         speaker_model=args.speaker_model,
         quality=not args.no_quality,

@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from evaluation.runs.generators import GenRequest, load_generator, sample_seed
 from evaluation.runs.rundir import STAGES, Run, exclusive, records, write_json, write_parquet
+from evaluation.scorers.asr import compat_options
 from evaluation.scorers.scoring import Scorers, ScoringConfig, Timer
 from evaluation.runs.summary import merge
 from evaluation.testsets.testset import TestSet, cut_prompt
@@ -77,11 +78,13 @@ def build_run_options(
     speaker_model: str | None,
     quality: bool,
     vad: bool,
+    asr_compat: str = "project",
     sampling: dict | None = None,
     watermark: dict | None = None,
 ) -> RunOptions:
     """The one place ``RunOptions`` are built (``valle score`` and the audit), so the two cannot drift.
-    ``sampling`` and ``watermark`` apply to ``valle:`` generators only."""
+    ``sampling`` and ``watermark`` apply to ``valle:`` generators only; ``asr_compat`` names the ASR
+    convention (:data:`evaluation.scorers.asr.ASR_COMPAT`)."""
     valle = generator.startswith("valle:")
     return RunOptions(
         generator=generator,
@@ -91,6 +94,7 @@ def build_run_options(
         scoring=ScoringConfig(
             asr=asr,
             asr_model=asr_model,
+            asr_options=compat_options(asr_compat),
             speaker=speaker,
             speaker_model=speaker_model,
             quality=quality,

@@ -8,11 +8,13 @@ resamples items (:mod:`evaluation.scorers.stats`). WER is reported two ways, as 
 
 Failed generations (command errors, missing or unreadable files) count as empty transcripts in
 ``wer`` and ``mean_utt_wer``; ``wer_generated_only`` leaves them out. ASR crashes are left out of
-both and counted in ``counts.asr_failed``. ``wer_asr_reliable_items`` leaves out the items whose
-real recording the same ASR gets more than half wrong (the ceiling rows): errors there are the
-recogniser's, not the generator's. ``rate_asr_fallback_exhausted`` is the share of outputs for
-which Whisper's temperature fallback never produced a transcript passing its own checks. Rows of
-invalid test items are counted with their reasons and never scored.
+both and counted in ``counts.asr_failed``. ``wer_asr_reliable_items`` is WER without what the
+recogniser, not the generator, got wrong (:func:`asr_unreliable`): items whose real recording the
+same ASR gets more than half wrong or cannot transcribe without exhausting Whisper's temperature
+fallback, and outputs on which the fallback was exhausted (the recogniser looped or stayed unsure at
+every temperature). Each is listed with its reason in ``asr_unreliable``; plain WER is always
+reported next to it. ``rate_asr_fallback_exhausted`` is the share of outputs whose fallback was
+exhausted. Rows of invalid test items are counted with their reasons and never scored.
 """
 
 from __future__ import annotations
@@ -121,6 +123,29 @@ def _errors(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def asr_unreliable(charged: pd.DataFrame, refs: pd.DataFrame | None) -> list[dict]:
+    """Where the recogniser, not the generator, is at fault: ``[{"id", "seed", "reason"}]``.
+
+    Per item (``seed`` None), from its real recording: ``reference_wer_over_50pct`` (the ASR gets
+    the real speaker mostly wrong) and ``reference_fallback_exhausted``. Per output row:
+    ``output_fallback_exhausted``. An output the generator made loop also exhausts the fallback, so
+    these rows are left out of ``wer_asr_reliable_items`` only, never out of plain WER.
+    """
+    out = []
+    if refs is not None:
+        for _, r in refs.sort_values("id").iterrows():
+            if r["wer"] > ASR_RELIABLE_WER:
+                out.append({"id": r["id"], "seed": None, "reason": "reference_wer_over_50pct"})
+            exhausted = r.get("gt_asr_fallback_exhausted")
+            if exhausted is not None and pd.notna(exhausted) and bool(exhausted):
+                out.append({"id": r["id"], "seed": None, "reason": "reference_fallback_exhausted"})
+    if "asr_fallback_exhausted" in charged:
+        hit = charged[charged["asr_fallback_exhausted"].fillna(False).astype(bool)]
+        for _, r in hit.sort_values(["id", "seed"]).iterrows():
+            out.append({"id": r["id"], "seed": int(r["seed"]), "reason": "output_fallback_exhausted"})
+    return out
+
+
 def summarize(scores: pd.DataFrame, references: pd.DataFrame | None, config: dict) -> dict:
     """The run's headline numbers, each ``{value, low, high, n}`` (n = test items), plus counts."""
     scorers = config.get("scorers") or {}
@@ -175,15 +200,19 @@ def summarize(scores: pd.DataFrame, references: pd.DataFrame | None, config: dic
             m["rate_asr_fallback_exhausted"] = mean_ci(_per_item(ok, "asr_fallback_exhausted")).to_json()
         if ok["watermark_verified"].notna().any():
             m["watermark_verified_rate"] = mean_ci(_per_item(ok, "watermark_verified")).to_json()
-    if references is not None and "n_ref_words" in references and references["n_ref_words"].notna().any():
-        refs = _errors(references[references["n_ref_words"].notna()])
-        # items whose real recording the ASR itself gets mostly wrong: the generator's WER without
-        # them is the number not confounded by recogniser failures
-        reliable = set(refs.loc[refs["wer"] <= ASR_RELIABLE_WER, "id"])
-        out["counts"]["asr_unreliable_items"] = int(len(refs) - len(reliable))
-        kept = charged[charged["id"].isin(reliable)]
+    has_refs = references is not None and "n_ref_words" in references and references["n_ref_words"].notna().any()
+    refs = _errors(references[references["n_ref_words"].notna()]) if has_refs else None
+    unreliable = asr_unreliable(charged, refs)
+    out["counts"]["asr_unreliable_items"] = len({u["id"] for u in unreliable})
+    out["asr_unreliable"] = unreliable
+    if len(charged):
+        bad_items = {u["id"] for u in unreliable if u["seed"] is None}
+        bad_rows = {(u["id"], u["seed"]) for u in unreliable if u["seed"] is not None}
+        row_keys = pd.Series(list(zip(charged["id"], charged["seed"], strict=True)), index=charged.index)
+        kept = charged[~charged["id"].isin(bad_items) & ~row_keys.isin(bad_rows)]
         if len(kept):
             m["wer_asr_reliable_items"] = ratio_ci(*_sums(kept, "errors")).to_json()
+    if refs is not None:
         m["ceiling_wer"] = ratio_ci(*_sums(refs.assign(id=refs["id"]), "errors")).to_json()
         m["ceiling_mean_utt_wer"] = mean_ci(refs.set_index("id")["wer"]).to_json()
         for col in ("sim_target_prompt", "dnsmos_ovrl"):

@@ -24,6 +24,24 @@ first samples (``src/random.cc``), so later calls to ``set_random_seed`` have no
 stream continues from the previous utterance. After any sampled decode we therefore rebuild the
 CTranslate2 model (~0.3 s), whose new worker thread starts a fresh generator from the seed.
 
+Two decoding conventions (:data:`ASR_COMPAT`), chosen by ``--asr-compat``:
+
+* ``project`` (default): the audio resampled to 16 kHz by the project (torchaudio's windowed sinc),
+  beam 5 with the temperature fallback above, ``condition_on_previous_text=False`` (every 30 s window
+  decoded on its own, so one bad window cannot poison the next), text normalised by Whisper's
+  ``EnglishTextNormalizer`` (:mod:`evaluation.scorers.wer`). The fallback is what lets the scorer
+  tell an ASR-side loop (:attr:`Transcript.fallback_exhausted`) from the generator's own.
+* ``seed-tts-eval``: the transcription settings of BytedanceSpeech/seed-tts-eval ``run_wer.py`` for
+  English, so a figure can stand next to a paper's: the file read at its own rate and resampled by
+  ``scipy.signal.resample`` (FFT) to 16 kHz, greedy decoding at temperature 0 with no fallback and
+  no timestamps (``WhisperForConditionalGeneration.generate`` with its default generation config),
+  text normalised by stripping ASCII and CJK punctuation except the apostrophe and lower-casing
+  (:func:`evaluation.scorers.wer.normalize` with ``scheme="seed-tts-eval"``); its headline is the
+  mean of per-utterance WERs (our ``mean_utt_wer``). seed-tts-eval uses Whisper large-v3 through
+  Hugging Face transformers; here the same settings run on whichever model and backend is loaded
+  (``--asr openai-whisper --asr-model large-v3`` for the paper's model), so transcripts can still
+  differ where the implementations' arithmetic does.
+
 Batching: :meth:`transcribe_batch` loops over :meth:`transcribe`. A batched temperature-0 first pass
 (one encoder + beam-search call over up to 8 windows, Whisper's pass/fail rule per item, per-item
 fallback for the rest) gave the same text as the per-item path (faster-whisper: all 50 real-speech
@@ -37,15 +55,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import scipy.signal
 
 from valle.audio import check_audio, resample
 from valle.codec.base import sha256_file
+from valle.hardware import cpu_simd_flags
 
 WHISPER_SR = 16_000
+ASR_COMPAT = ("project", "seed-tts-eval")
 
 
 @dataclass(frozen=True)
@@ -60,6 +81,32 @@ class ASROptions:
     # cap on tokens decoded per 30 s window (None: the model's own limit, 224 for Whisper); only
     # to keep tests on random models fast
     max_new_tokens: int | None = None
+    without_timestamps: bool = False  # Whisper predicts segment timestamps unless told not to
+    compat: str = "project"  # which convention these options reproduce (ASR_COMPAT)
+
+
+# seed-tts-eval run_wer.py (English): greedy, temperature 0 only, no timestamps
+SEED_TTS_EVAL_OPTIONS = ASROptions(
+    beam_size=1, temperatures=(0.0,), without_timestamps=True, compat="seed-tts-eval"
+)
+
+
+def compat_options(compat: str, max_new_tokens: int | None = None) -> ASROptions:
+    """The decoding options of one convention of :data:`ASR_COMPAT`."""
+    if compat == "project":
+        return ASROptions(max_new_tokens=max_new_tokens)
+    if compat == "seed-tts-eval":
+        return replace(SEED_TTS_EVAL_OPTIONS, max_new_tokens=max_new_tokens)
+    raise ValueError(f"unknown ASR convention {compat!r}; choose one of {', '.join(ASR_COMPAT)}")
+
+
+def to_whisper_rate(wav: np.ndarray, sr: int, compat: str = "project") -> np.ndarray:
+    """``wav [T]`` at ``sr`` -> 16 kHz float32 the way ``compat`` does it: the project's sinc
+    resampler, or seed-tts-eval's ``scipy.signal.resample(wav, int(len(wav) * 16000 / sr))``."""
+    if compat == "seed-tts-eval" and sr != WHISPER_SR:
+        wav = scipy.signal.resample(np.asarray(wav, dtype=np.float64), int(len(wav) * WHISPER_SR / sr))
+        return wav.astype(np.float32)
+    return resample(np.asarray(wav, dtype=np.float32), sr, WHISPER_SR)
 
 
 @dataclass
@@ -112,7 +159,7 @@ class _Backend:
     def transcribe(self, wav: np.ndarray, sr: int, name: str = "audio") -> Transcript:
         """Transcribe mono ``wav`` (``[T]`` at ``sr``); ``name`` labels errors about bad audio."""
         check_audio(wav, sr, name)
-        return self._transcribe16k(resample(np.asarray(wav, dtype=np.float32), sr, WHISPER_SR))
+        return self._transcribe16k(to_whisper_rate(wav, sr, self.options.compat))
 
     def transcribe_batch(
         self, wavs: Sequence[np.ndarray], sr: int, names: Sequence[str] | None = None
@@ -132,10 +179,17 @@ class _Backend:
             "backend": self.name,
             "model": str(self.model_ref),
             "sha256": self.sha256,
+            "compat": o.compat,
             "beam_size": o.beam_size,
             "temperatures": list(o.temperatures),
+            "timestamps": not o.without_timestamps,
             "seed": o.seed,
+            **self._runtime(),
         }
+
+    def _runtime(self) -> dict:
+        """Arithmetic that can change a transcript: precision, threads, the CPU's SIMD kernels."""
+        return {}
 
     def _transcribe16k(self, audio: np.ndarray) -> Transcript:
         raise NotImplementedError
@@ -183,6 +237,14 @@ class FasterWhisperASR(_Backend):
         self.model_ref = self.model_dir
         self.sha256 = sha256_file(self.model_dir / "model.bin")
 
+    def _runtime(self) -> dict:
+        return {
+            "device": self._ct2_args["device"],
+            "compute_type": self._ct2_args["compute_type"],
+            "cpu_threads": self._ct2_args["intra_threads"],
+            "cpu_simd_flags": cpu_simd_flags(),
+        }
+
     def _transcribe16k(self, audio: np.ndarray) -> Transcript:
         import ctranslate2
 
@@ -202,6 +264,7 @@ class FasterWhisperASR(_Backend):
             no_speech_threshold=o.no_speech_threshold,
             condition_on_previous_text=False,
             vad_filter=False,
+            without_timestamps=o.without_timestamps,
             max_new_tokens=o.max_new_tokens,
         )
         rows = [
@@ -287,6 +350,16 @@ class OpenAIWhisperASR(_Backend):
             self.model.set_alignment_heads(whisper._ALIGNMENT_HEADS[str(model)])
         self.model.to(device).eval()
 
+    def _runtime(self) -> dict:
+        import torch
+
+        return {
+            "device": self.device,
+            "dtype": "float16" if self.device != "cpu" else "float32",
+            "cpu_threads": torch.get_num_threads(),
+            "cpu_simd_flags": cpu_simd_flags(),
+        }
+
     def _transcribe16k(self, audio: np.ndarray) -> Transcript:
         import torch
         import whisper
@@ -303,8 +376,9 @@ class OpenAIWhisperASR(_Backend):
             no_speech_threshold=o.no_speech_threshold,
             condition_on_previous_text=False,
             language=o.language,
-            beam_size=o.beam_size,
+            beam_size=o.beam_size if o.beam_size > 1 else None,  # None: greedy
             sample_len=o.max_new_tokens,
+            without_timestamps=o.without_timestamps,
             fp16=self.device != "cpu",
         )
         keys = ("text", "avg_logprob", "compression_ratio", "temperature", "no_speech_prob")

@@ -15,6 +15,11 @@ Who is charged for what:
   to the generator. The ASR ceiling (the same ASR on the ground-truth recording) is in the
   reference rows, so a reader can see which items the recogniser itself gets wrong.
 
+The ASR convention (``ScoringConfig.asr_options.compat``, :mod:`evaluation.scorers.asr`) decides how
+the recogniser's input is resampled and how text is normalised for WER; under ``seed-tts-eval`` the
+recogniser's input is read again at the file's own rate and resampled as that toolkit does, while
+every other scorer keeps the shared 16 kHz copy.
+
 For continuation items the recogniser hears the prompt followed by the continuation and is scored
 against the full transcript (the paper's protocol: the text of the continuation alone is unknown
 without an alignment); similarity and MOS use the generated continuation only.
@@ -30,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 import jiwer
 import numpy as np
 
-from evaluation.scorers.asr import ASROptions, load_asr
+from evaluation.scorers.asr import ASROptions, load_asr, to_whisper_rate
 from evaluation.scorers.flags import (
     FLAG_NAMES,
     FlagThresholds,
@@ -82,6 +87,11 @@ def _load16k(path) -> np.ndarray:
     return np.clip(load_audio(path, SR, allow_silent=True)[0], -1.0, 1.0)
 
 
+def text_scheme(options: ASROptions) -> str:
+    """The WER text normaliser (:data:`evaluation.scorers.wer.NORMALIZERS`) of an ASR convention."""
+    return "seed-tts-eval" if options.compat == "seed-tts-eval" else "whisper"
+
+
 def word_counts(ref_norm: str, hyp_norm: str) -> dict[str, int]:
     """S/D/I/hits of one utterance on normalised strings (empty hypothesis = all deletions)."""
     n = len(ref_norm.split())
@@ -103,6 +113,8 @@ class Scorers:
     def __init__(self, config: ScoringConfig = ScoringConfig(), device: str = "cpu") -> None:
         self.config = config
         self.asr = load_asr(config.asr, config.asr_model, device=device, options=config.asr_options)
+        self.compat = config.asr_options.compat
+        self.scheme = text_scheme(config.asr_options)
         self.speaker = load_speaker_encoder(config.speaker, config.speaker_model, device=device)
         self.vad = SpeechActivity() if config.vad else None
         self.dnsmos = DNSMOS() if config.quality else None
@@ -110,11 +122,19 @@ class Scorers:
 
     def cards(self) -> dict:
         return {
-            "asr": self.asr.card(),
+            "asr": {**self.asr.card(), "text_normalizer": self.scheme},
             "speaker": self.speaker.card(),
             "vad": {"backend": "silero-vad"} if self.vad else None,
             "quality": self.dnsmos.card() if self.dnsmos else None,
         }
+
+    def _asr_input(self, path, shared: np.ndarray) -> np.ndarray:
+        """What the recogniser hears for ``path``: the shared 16 kHz copy, or under ``seed-tts-eval``
+        the file read at its own rate and resampled as that toolkit does."""
+        if self.compat == "project":
+            return shared
+        wav, sr = load_audio(path, None, allow_silent=True)
+        return to_whisper_rate(wav, sr, self.compat)
 
     # --- batched model calls that isolate a crashing item instead of losing the chunk ---------
     def _batched(self, stage: str, fn, wavs: list[np.ndarray]) -> list:
@@ -140,6 +160,7 @@ class Scorers:
         t = self.config.thresholds
         chunk_items = sorted({r["id"] for r in gen_rows})
         audio: dict[str, np.ndarray] = {}  # key -> 16 kHz wav of each generated row
+        paths: dict[str, str] = {}  # key -> its file
         rows: dict[str, dict] = {}
         io_t0 = time.perf_counter()
         prompts, targets, lost = {}, {}, {}
@@ -168,7 +189,7 @@ class Scorers:
             if g["status"] == "skipped" or g["id"] in lost:  # the item's problem, or its prompt/target
                 row.update(status="invalid_item", error=lost.get(g["id"]) or g["error"])
                 continue
-            row["ref_norm"] = normalize(it.text)
+            row["ref_norm"] = normalize(it.text, self.scheme)
             if g["status"] != "ok":
                 row.update(status="generation_failed", error=g["error"])
                 continue
@@ -178,6 +199,7 @@ class Scorers:
                 row.update(status="invalid_audio", error=str(err))
                 continue
             row["seconds"] = len(wav) / SR
+            paths[g["key"]] = g["audio"]
             if float(np.abs(wav).max()) < SILENCE_PEAK or row["seconds"] < MIN_SCORABLE_SECONDS:
                 row["degenerate"] = "silent" if float(np.abs(wav).max()) < SILENCE_PEAK else "too short"
             audio[g["key"]] = wav
@@ -185,14 +207,16 @@ class Scorers:
 
         scorable = [k for k, w in audio.items() if "degenerate" not in rows[k]]
         # ASR: continuation items are heard with their prompt in front (see module doc)
-        asr_in = [
-            np.concatenate([prompts[rows[k]["id"]], audio[k]])
-            if rows[k]["mode"] == "continuation"
-            else audio[k]
-            for k in scorable
-        ]
+        asr_in = []
+        for k in scorable:
+            heard = self._asr_input(paths[k], audio[k])
+            if rows[k]["mode"] == "continuation":
+                iid = rows[k]["id"]
+                heard = np.concatenate([self._asr_input(prompt_dir / f"{iid}.wav", prompts[iid]), heard])
+            asr_in.append(heard)
         ref_ids = sorted(targets)
-        transcripts = self._batched("asr", self.asr.transcribe_batch, asr_in + [targets[i] for i in ref_ids])
+        ref_in = [self._asr_input(items[i].target_audio, targets[i]) for i in ref_ids]
+        transcripts = self._batched("asr", self.asr.transcribe_batch, asr_in + ref_in)
         for k, tr in zip(scorable, transcripts[: len(scorable)], strict=True):
             if isinstance(tr, Exception):
                 rows[k].update(status="asr_failed", error=f"ASR failed: {tr}")
@@ -247,7 +271,7 @@ class Scorers:
             if row["status"] in ("invalid_item", "asr_failed"):
                 continue
             it, g = items[row["id"]], gen_by_key[k]
-            row["hyp_norm"] = normalize(row["hyp"])
+            row["hyp_norm"] = normalize(row["hyp"], self.scheme)
             row.update(word_counts(row["ref_norm"], row["hyp_norm"]))
             row["wer"] = (row["substitutions"] + row["deletions"] + row["insertions"]) / max(
                 row["n_ref_words"], 1
@@ -300,8 +324,13 @@ class Scorers:
             it = items[iid]
             ref = {"id": iid, "speaker": it.speaker, "mode": it.mode, "has_target": iid in targets}
             if iid in gt_text and not isinstance(gt_text[iid], Exception):
-                ref_norm, hyp_norm = normalize(it.text), normalize(gt_text[iid].text)
-                ref.update(gt_hyp=gt_text[iid].text, **word_counts(ref_norm, hyp_norm))
+                tr = gt_text[iid]
+                ref_norm, hyp_norm = normalize(it.text, self.scheme), normalize(tr.text, self.scheme)
+                ref.update(
+                    gt_hyp=tr.text,
+                    gt_asr_fallback_exhausted=bool(tr.fallback_exhausted),
+                    **word_counts(ref_norm, hyp_norm),
+                )
                 ref["wer"] = (ref["substitutions"] + ref["deletions"] + ref["insertions"]) / max(
                     ref["n_ref_words"], 1
                 )
