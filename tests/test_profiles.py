@@ -53,7 +53,7 @@ def _checkpoint_with_codec(src: Path, dst: Path, **card) -> Path:
 
 def test_offline_profile_passes_here_with_every_bundled_file_hashed(empty_caches):
     r = check_profile("offline", checkpoint=DEMO)
-    assert r.scoring_kwargs() == {"asr": "faster-whisper", "asr_model": None, "speaker": "resemblyzer",
+    assert r.scoring_kwargs() == {"asr": "faster-whisper", "asr_model": None, "speaker": "campplus",
                                   "speaker_model": None}  # fmt: skip
     assert (r.watermark, r.watermark_kwargs, r.detector, r.detector_size, r.quality) == (
         "keyed", {}, "lfcc-gmm", "small", "dnsmos"

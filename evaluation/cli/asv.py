@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from evaluation.bypass.asv import AsvConfig, run_asv, write_outputs
+from evaluation.scorers.speaker import DEFAULT_SPEAKER
 from evaluation.testsets.detector_data import jsonl_objects
 from evaluation.testsets.testset import TestSet
 from valle.manifest import read_manifest
@@ -164,7 +165,7 @@ def add_parser(subparsers) -> None:
         default=None,
         help="the detector's decision threshold (default: its stored EER threshold, else this run's CM EER)",
     )
-    p.add_argument("--encoder", default="resemblyzer", choices=("resemblyzer", "ecapa"))
+    p.add_argument("--encoder", default=DEFAULT_SPEAKER, choices=("campplus", "resemblyzer", "ecapa"))
     p.add_argument("--encoder-model", default=None, help="ecapa: local SpeechBrain model dir")
     p.add_argument("--enrol-per-speaker", type=int, default=3)
     p.add_argument(

@@ -9,6 +9,7 @@ from pathlib import Path
 from evaluation.runs.run import STAGES, build_run_options, rank_world, score
 from evaluation.runs.summary import merge
 from evaluation.scorers.asr import ASR_COMPAT
+from evaluation.scorers.speaker import DEFAULT_SPEAKER
 from evaluation.testsets.testset import (
     PROTOCOLS,
     TestSet,
@@ -122,7 +123,7 @@ def add_parser(sub) -> None:
         "seed-tts-eval (its run_wer.py: FFT resampling, greedy, no fallback, punctuation-stripping "
         "normaliser; pair with --asr openai-whisper --asr-model large-v3 for a paper's model)",
     )
-    p.add_argument("--speaker", default="resemblyzer", choices=("resemblyzer", "ecapa"))
+    p.add_argument("--speaker", default=DEFAULT_SPEAKER, choices=("campplus", "resemblyzer", "ecapa"))
     p.add_argument("--speaker-model", default=None, help="local SpeechBrain ECAPA model dir")
     p.add_argument("--no-quality", action="store_true", help="skip DNSMOS")
     p.add_argument("--no-vad", action="store_true", help="skip Silero VAD (no silence flag)")

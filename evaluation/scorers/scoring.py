@@ -46,7 +46,7 @@ from evaluation.scorers.flags import (
     utterance_flags,
 )
 from evaluation.scorers.quality import DNSMOS
-from evaluation.scorers.speaker import cosine, load_speaker_encoder
+from evaluation.scorers.speaker import DEFAULT_SPEAKER, cosine, load_speaker_encoder
 from evaluation.scorers.wer import normalize
 from evaluation.testsets.testset import TestItem
 from valle.audio import SILENCE_PEAK, AudioError, load_audio
@@ -60,7 +60,7 @@ class ScoringConfig:
     asr: str = "faster-whisper"
     asr_model: str | None = None  # CTranslate2 dir / Whisper name or .pt; None = backend default
     asr_options: ASROptions = field(default_factory=ASROptions)
-    speaker: str = "resemblyzer"
+    speaker: str = DEFAULT_SPEAKER
     speaker_model: str | None = None
     quality: bool = True  # DNSMOS
     vad: bool = True  # Silero speech activity (silence flag)
