@@ -128,7 +128,8 @@ def bench_training(model: VALLE, batch: int, frames: int, bf16: bool, steps: int
 
 
 def bench_rtf(model: VALLE, batch: int, frames: int, bf16: bool) -> dict:
-    """End-to-end codes generation (AR with KV cache + NAR) for ``batch`` requests of ``frames``."""
+    """End-to-end codes generation (AR with KV cache + NAR) for ``batch`` requests of ``frames``:
+    real-time factor and utterances per minute (codes only: no codec decode, no watermark)."""
     device = next(model.parameters()).device
     text, _, prompt, _ = _inputs(model.cfg, batch, frames, seed=2)
     n_prompt = round(PROMPT_FRAMES / FRAME_RATE * TEXT_PER_SECOND)
@@ -143,6 +144,7 @@ def bench_rtf(model: VALLE, batch: int, frames: int, bf16: bool) -> dict:
     return {
         f"rtf_batch{batch}": round(seconds / audio_seconds, 4),
         f"rtf_batch{batch}_seconds": round(seconds, 2),
+        f"utterances_per_minute_batch{batch}": round(batch / seconds * 60, 1),
     }
 
 
@@ -156,6 +158,8 @@ def main() -> None:
     ap.add_argument("--train-batch", type=int, default=8)
     ap.add_argument("--train-frames", type=int, default=450)
     ap.add_argument("--no-full", action="store_true", help="skip the (slow) full-recompute decoder")
+    ap.add_argument("--batches", type=int, nargs="*", default=[1, 8, 16], help="end-to-end batch sizes")
+    ap.add_argument("--utterance-frames", type=int, default=300, help="end-to-end: frames per utterance")
     ap.add_argument("--name", default="generation", help="results file name")
     ap.add_argument(
         "--bf16-ratio",
@@ -177,18 +181,17 @@ def main() -> None:
         "dtype": args.dtype,
         "threads": args.threads,
         "parameters": model.num_parameters(),
-        # timings on a shared machine depend on its load and on OpenMP's spin-waiting
-        "load_average_1min_at_start": round(os.getloadavg()[0], 2),
+        # timings also depend on OpenMP's spin-waiting (the machine's load is recorded by results_io)
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
     }
     figures |= bench_decoding(model, args.frames, bf16, full_recompute=not args.no_full)
     print({k: v for k, v in figures.items() if k.startswith(("ar_", "nar_"))}, flush=True)
     figures |= bench_training(model, args.train_batch, args.train_frames, bf16)
     print({k: v for k, v in figures.items() if k.startswith("train_")}, flush=True)
-    if device.type == "cuda":
-        for batch in (1, 32):
-            figures |= bench_rtf(model, batch, args.frames, bf16)
-            print(figures, flush=True)
+    figures["utterance_frames"] = args.utterance_frames
+    for batch in args.batches:
+        figures |= bench_rtf(model, batch, args.utterance_frames, bf16)
+        print({k: v for k, v in figures.items() if k.endswith(f"batch{batch}")}, flush=True)
     if args.bf16_ratio and not bf16:
         from valle.hardware import bf16_autocast_ok
 
@@ -209,7 +212,8 @@ def main() -> None:
         figures,
         data=(
             f"randomly initialised VALL-E '{args.preset}' ({args.dtype}); text {TEXT_PER_SECOND} phonemes/s, "
-            f"3 s prompt, {args.frames} frames forced (greedy AR, <eos> masked); speed only"
+            f"3 s prompt, {args.frames} frames forced (greedy AR, <eos> masked); end to end: "
+            f"{args.utterance_frames} frames per utterance, sampled; speed only"
         ),
     )
     print(f"wrote {path}")
