@@ -17,7 +17,8 @@ from pathlib import Path
 
 from results_io import write_result
 
-from evaluation.bypass.asv import AsvConfig, run_asv
+from evaluation.bypass.asv import run_asv
+from evaluation.bypass.trials import AsvConfig
 from evaluation.cli.asv import read_real_rows
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""ASV bypass harness (evaluation/bypass/asv.py): calibration on constructed trials with known score
+"""ASV bypass harness (evaluation/bypass/): calibration on constructed trials with known score
 distributions, CM gating, and the real pipeline (eSpeak NG voices -> Resemblyzer -> report -> CLI)."""
 
 from __future__ import annotations
@@ -12,17 +12,9 @@ import pytest
 from scipy.stats import norm
 
 from detection.metrics import compute_eer, compute_min_adcf, rates_at, threshold_at_far
-from evaluation.bypass.asv import (
-    GATED_SCORE,
-    REPORT_FILE,
-    TRIALS_FILE,
-    AsvConfig,
-    asv_report,
-    enrol,
-    run_asv,
-    trial_table,
-    trials_from_embeddings,
-)
+from evaluation.bypass.asv import REPORT_FILE, TRIALS_FILE, run_asv
+from evaluation.bypass.report import GATED_SCORE, asv_report, trial_table
+from evaluation.bypass.trials import AsvConfig, enrol, trials_from_embeddings
 from evaluation.cli.asv import add_parser, read_spoof_rows
 
 # ----------------------------------------------------------------------------- constructed embeddings

@@ -160,14 +160,14 @@ def test_clips_from_a_score_run(data, tmp_path):
 
 def test_train_writes_model_threshold_and_split(model, data):
     from detection.models import load_detector
-    from evaluation.bypass.asv import _stored_cm_threshold
+    from evaluation.bypass.asv import stored_cm_threshold
 
     meta = json.loads((model / "detector.json").read_text())
     thr = meta["training"]["eer_threshold"]
     assert meta["kind"] == "lfcc-logreg" and np.isfinite(thr)
     assert meta["training"]["calibration"]["on"].startswith("train split, in-sample")
     # the ASV gate finds the stored threshold (valle asv --detector)
-    assert _stored_cm_threshold(load_detector(model), model) == thr
+    assert stored_cm_threshold(load_detector(model), model) == thr
     desc = json.loads((model / SPLIT_FILE).read_text())
     train_ids = set(desc["train_ids"])
     test = {row[0]: row for row in desc["test"]}

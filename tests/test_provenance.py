@@ -9,17 +9,14 @@ import stat
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from watermark.ledger import GENESIS, Ledger, LedgerError, ledger_matches_for_payload
 from watermark.provenance import (
-    GENESIS,
     SCHEMA,
-    Ledger,
-    LedgerError,
     ProvenanceError,
     build_manifest,
     canonical_json,
     generate_signing_key,
     key_fingerprint,
-    ledger_matches_for_payload,
     load_public_key,
     load_signing_key,
     manifest_problem,

@@ -1,6 +1,6 @@
 """reports/: scorecard.json / .md / .html from an audit run directory built here with the documented
 layout (tables via pandas, real WAV files via soundfile, report dicts with the keys the producers write:
-detection/evaluate.py summarize/cm_metrics, evaluation/bypass/asv.py asv_report/trial_table)."""
+detection/evaluate.py summarize/cm_metrics, evaluation/bypass/report.py asv_report/trial_table)."""
 
 from __future__ import annotations
 

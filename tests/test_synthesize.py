@@ -115,7 +115,8 @@ def test_symbols_missing_from_the_checkpoint_table_are_named(tmp_path, prompt_wa
 
 def test_signed_outputs_verify_as_authentic_and_are_in_the_ledger(generator, prompt_wav, tmp_path):
     from watermark.keys import generate_key
-    from watermark.provenance import Ledger, generate_signing_key, load_public_key
+    from watermark.ledger import Ledger
+    from watermark.provenance import generate_signing_key, load_public_key
     from watermark.verify import verify_file
 
     signer = generate_signing_key(tmp_path / "k.pem", tmp_path / "k.pub.pem")

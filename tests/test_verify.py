@@ -14,8 +14,8 @@ import soundfile as sf
 
 from watermark import load_watermarker
 from watermark.keys import KeyRing, WatermarkKey, generate_key, load_key
+from watermark.ledger import Ledger
 from watermark.provenance import (
-    Ledger,
     build_manifest,
     generate_signing_key,
     key_fingerprint,

@@ -13,7 +13,8 @@ from tests.test_verify import valle
 from watermark import load_watermarker
 from watermark.attacks import lossy_codec, speed
 from watermark.keys import KeyRing, WatermarkKey
-from watermark.provenance import Ledger, build_manifest, generate_signing_key, load_public_key, sign_manifest
+from watermark.ledger import Ledger
+from watermark.provenance import build_manifest, generate_signing_key, load_public_key, sign_manifest
 from watermark.verify import verify_file
 
 MODEL = "d" * 64

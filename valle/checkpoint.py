@@ -198,26 +198,3 @@ def export_checkpoint(src: str | Path, dst: str | Path, dtype: torch.dtype = tor
     ckpt = load_checkpoint(src)
     extra = {**ckpt.extra, "exported_from_sha256": ckpt.weights_sha256, "export_dtype": str(dtype)}
     return save_checkpoint(dst, ckpt.model, ckpt.symbols, ckpt.codec, ckpt.step, extra=extra, dtype=dtype)
-
-
-def add_parser(subparsers) -> None:
-    import argparse
-
-    p = subparsers.add_parser(
-        "export",
-        help="copy a training checkpoint for distribution (weights only, fp16 by default)",
-        epilog="example:\n  valle export runs/demo/last checkpoints/demo",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("src", type=Path, help="checkpoint folder written by `valle train`")
-    p.add_argument("dst", type=Path, help="new checkpoint folder")
-    p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
-    p.set_defaults(func=_run_export)
-
-
-def _run_export(args) -> int:
-    out = export_checkpoint(args.src, args.dst, getattr(torch, args.dtype))
-    meta = read_config(out)
-    size = (out / WEIGHTS).stat().st_size / 2**20
-    print(f"{out}: step {meta['step']}, {size:.1f} MB, sha256 {meta['weights_sha256']}")
-    return 0

@@ -1,5 +1,6 @@
 """``valle train``: the command around :mod:`valle.train` (token cache, then training), and
-``python -m valle.train_cli`` for ``torchrun``, which starts one such process per rank."""
+``python -m valle.train_cli`` for ``torchrun``, which starts one such process per rank; ``valle
+export`` turns a training checkpoint into a distributable one."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import json
 import sys
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 
+from valle.checkpoint import WEIGHTS, export_checkpoint, read_config
 from valle.codec import CODECS, DEFAULT_CODEC, load_codec
 from valle.data import PrepareOptions, prepare_tokens
 from valle.model import PRESETS
@@ -111,6 +114,28 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if info.distributed and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``export``: a training checkpoint -> a distributable one (weights only)."""
+    p = subparsers.add_parser(
+        "export",
+        help="copy a training checkpoint for distribution (weights only, fp16 by default)",
+        epilog="example:\n  valle export runs/demo/last checkpoints/demo",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("src", type=Path, help="checkpoint folder written by `valle train`")
+    p.add_argument("dst", type=Path, help="new checkpoint folder")
+    p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args) -> int:
+    out = export_checkpoint(args.src, args.dst, getattr(torch, args.dtype))
+    meta = read_config(out)
+    size = (out / WEIGHTS).stat().st_size / 2**20
+    print(f"{out}: step {meta['step']}, {size:.1f} MB, sha256 {meta['weights_sha256']}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

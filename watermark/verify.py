@@ -42,12 +42,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from watermark.base import MIN_MARK_SECONDS, SILENCE_PEAK, Watermarker, WatermarkError, carries_payload
 from watermark.keys import KeyRing, UnknownKeyIdError
+from watermark.ledger import Ledger, ledger_matches_for_payload
 from watermark.provenance import (
     SCHEMA,
-    Ledger,
     ProvenanceError,
     file_sha256,
-    ledger_matches_for_payload,
     manifest_problem,
     payload_from_str,
     payload_to_str,

@@ -12,7 +12,8 @@ from pathlib import Path
 from watermark import DEFAULT_WATERMARKER, WATERMARKERS, load_watermarker
 from watermark.base import Watermarker
 from watermark.keys import KeyRing, check_key_id, generate_key
-from watermark.provenance import Ledger, generate_signing_key, key_fingerprint, load_public_key
+from watermark.ledger import Ledger
+from watermark.provenance import generate_signing_key, key_fingerprint, load_public_key
 from watermark.verify import AUDIO_SUFFIXES, VERDICTS, decide_verdict, find_manifest, verify_file
 
 

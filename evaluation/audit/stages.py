@@ -37,7 +37,8 @@ from detection.split import Clip, split
 from detection.train import CALIBRATION_FOLDS, build_detector, fit_and_calibrate, save_model
 from evaluation.audit.profiles import check_profile
 from evaluation.audit.state import STAGES, Audit, AuditOptions, StageResult, default_keys, stage_plan
-from evaluation.bypass.asv import AsvConfig, run_asv, write_outputs
+from evaluation.bypass.asv import run_asv, write_outputs
+from evaluation.bypass.trials import AsvConfig
 from evaluation.runs.run import build_run_options, score
 from evaluation.runs.rundir import exclusive, write_json, write_parquet
 from evaluation.scorers.scoring import Scorers
@@ -48,7 +49,8 @@ from valle.audio import load_audio
 from watermark import load_watermarker
 from watermark.attacks import attack_bank, select, skipped_attacks
 from watermark.keys import KeyRing, load_key
-from watermark.provenance import Ledger, load_signing_key
+from watermark.ledger import Ledger
+from watermark.provenance import load_signing_key
 from watermark.robustness import decision_rates
 from watermark.verify import verify_file
 

@@ -1,8 +1,9 @@
 """The ``valle asv`` command and its inputs: real-speech and spoof rows from manifests or a
 ``valle score`` run, the plain-text summary, and atomic writing of the report and trial table.
 
-The protocol, the metrics and :func:`evaluation.bypass.asv.run_asv` (audio files -> report) live in
-:mod:`evaluation.bypass.asv`; see its docstring for every definition.
+The protocol (:mod:`evaluation.bypass.trials`), the metrics (:mod:`evaluation.bypass.report`) and
+:func:`evaluation.bypass.asv.run_asv` (audio files -> report) live in :mod:`evaluation.bypass`; see
+their docstrings for every definition.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from evaluation.bypass.asv import AsvConfig, run_asv, write_outputs
+from evaluation.bypass.asv import run_asv, write_outputs
+from evaluation.bypass.trials import AsvConfig
 from evaluation.scorers.speaker import DEFAULT_SPEAKER
 from evaluation.testsets.detector_data import jsonl_objects
 from evaluation.testsets.testset import TestSet

@@ -13,7 +13,8 @@ from evaluation.cli import detect as detect_cli
 from evaluation.cli import diagnose as diagnose_cli
 from evaluation.cli import score as score_cli
 from evaluation.cli import smoke
-from valle import __version__, checkpoint, synthesize
+from valle import __version__
+from valle import synth_cli as synth
 from valle import train_cli as train
 from valle.codec import cli as codec_cli
 from valle.corpus import cli as corpus_cli
@@ -37,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     corpus_cli.add_parser(sub)
     codec_cli.add_parser(sub)
     train.add_parser(sub)
-    synthesize.add_parser(sub)
-    checkpoint.add_parser(sub)
+    synth.add_parser(sub)
+    train.add_export_parser(sub)
     score_cli.add_parser(sub)
     detect_cli.add_parser(sub)
     asv_cli.add_parser(sub)

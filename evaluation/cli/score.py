@@ -18,7 +18,7 @@ from evaluation.testsets.testset import (
     seed_tts_eval_test_set,
 )
 from valle.manifest import read_manifest
-from valle.synthesize import add_watermark_args, watermark_setup
+from valle.synth_cli import add_watermark_args, watermark_setup
 
 RAW = argparse.RawDescriptionHelpFormatter
 
