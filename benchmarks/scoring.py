@@ -38,7 +38,7 @@ import pandas as pd
 from results_io import write_result
 
 from evaluation.runs.run import RunOptions, score
-from evaluation.scorers.scoring import SR, Scorers, ScoringConfig, _load16k
+from evaluation.scorers.scoring import SR, Scorers, ScoringConfig, load16k
 from evaluation.testsets.testset import TestSetOptions, build_test_set
 from valle.manifest import read_manifest
 
@@ -93,9 +93,9 @@ def plain_loop(scorers: Scorers, ts, run_dir: Path) -> list[dict]:
     for it in ts.items:
         if it.problem is not None:
             continue
-        wav = _load16k(it.target_audio)  # the folder "generator" returns the item's own recording
-        prompt = _load16k(run_dir / "prompts" / f"{it.id}.wav")
-        target = _load16k(it.target_audio)
+        wav = load16k(it.target_audio)  # the folder "generator" returns the item's own recording
+        prompt = load16k(run_dir / "prompts" / f"{it.id}.wav")
+        target = load16k(it.target_audio)
         hyp, ref = scorers.asr.transcribe_batch([wav, target], SR)
         emb = scorers.speaker.embed_batch([wav, prompt, target], SR)
         vad = scorers.vad.measure(wav, SR)
@@ -116,7 +116,7 @@ def score_vs_loop(real: Path, tmp: Path, repeats: int) -> dict:
             os.symlink(it.target_audio, folder / f"{it.id}.wav")
     scorers = Scorers(ScoringConfig())
     options = RunOptions(generator=f"folder:{folder}", chunk_size=8)
-    warm = [_load16k(it.target_audio) for it in ts.items[:2]]  # warm-up: first-call costs of each model
+    warm = [load16k(it.target_audio) for it in ts.items[:2]]  # warm-up: first-call costs of each model
     scorers.asr.transcribe_batch(warm, SR), scorers.speaker.embed_batch(warm, SR)
     scorers.vad.measure(warm[0], SR), scorers.dnsmos.score_batch(warm, SR)
     score_s, loop_s = [], []

@@ -100,3 +100,22 @@ def test_imports_point_one_way_between_packages():
         if (src := mod.split(".")[0]) != (dst := target.split(".")[0]) and dst not in allowed[src]
     ]
     assert not bad, bad
+
+
+def test_no_private_name_is_imported_from_another_module():
+    """A leading underscore means "this file only": another module (tests included) that needs the name
+    needs a public one."""
+    bad = []
+    for path in sorted(ROOT.glob("*/**/*.py")):
+        if path.parts[len(ROOT.parts)] not in (*PACKAGES, "tests", "benchmarks"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                if node.module.split(".")[0] not in PACKAGES:
+                    continue
+                bad += [
+                    f"{path.relative_to(ROOT)}:{node.lineno} imports {node.module}.{a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                ]
+    assert not bad, bad

@@ -9,8 +9,8 @@ from tests.conftest import tone
 from watermark.attacks import (
     SPEEDS,
     Attack,
-    _codec_delay,
     attack_bank,
+    codec_delay,
     lag_of,
     select,
     skipped_attacks,
@@ -107,8 +107,8 @@ def test_codecs_are_lossy_time_aligned_and_keep_the_length(bank, sr):
 
 def test_aac_priming_delay_is_measured_not_assumed():
     # FFmpeg's AAC encoder primes 1024 samples and ADTS has no field to undo it: the bank must remove it
-    assert _codec_delay("aac", 16000, 32000) == 1024
-    assert _codec_delay("mp3", 16000, 64000) == 0  # LAME's delay is undone by the decoder (Xing/LAME tag)
+    assert codec_delay("aac", 16000, 32000) == 1024
+    assert codec_delay("mp3", 16000, 64000) == 0  # LAME's delay is undone by the decoder (Xing/LAME tag)
 
 
 def test_speed_changes_length_and_pitch_stretch_keeps_pitch(bank):

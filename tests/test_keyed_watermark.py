@@ -14,8 +14,8 @@ from watermark.keyed import (
     CODED_BITS,
     P_THRESHOLD,
     KeyedWatermarker,
-    _layout,
     conv_encode,
+    layout,
     viterbi,
 )
 from watermark.keys import WatermarkKey
@@ -130,9 +130,9 @@ def test_registered_backend_card_names_the_key_id_but_never_the_secret():
 
 
 def test_layout_is_a_function_of_secret_and_key_id():
-    phase, role = _layout(KEY)
-    again = _layout(WatermarkKey("lab-2026", bytes(range(32))))
-    other = _layout(WatermarkKey("lab-2027", bytes(range(32))))
+    phase, role = layout(KEY)
+    again = layout(WatermarkKey("lab-2026", bytes(range(32))))
+    other = layout(WatermarkKey("lab-2027", bytes(range(32))))
     assert np.array_equal(phase, again[0]) and np.array_equal(role, again[1])
     assert not np.array_equal(phase, other[0])
     assert set(np.unique(role)) == {-1, *range(CODED_BITS)}  # every channel bit has cells

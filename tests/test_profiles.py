@@ -9,18 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from evaluation.audit.profiles import (
-    ECAPA_FILES,
-    PROFILES,
-    Overrides,
-    ProfileError,
-    cached_sha256,
-    check_checkpoint,
-    check_profile,
-    checkpoint_of,
-    hash_cache_path,
-    required_files,
-)
+from evaluation.audit.model_files import ECAPA_FILES, cached_sha256, hash_cache_path, required_files
+from evaluation.audit.preflight import check_checkpoint, check_profile, checkpoint_of
+from evaluation.audit.profiles import PROFILES, Overrides, ProfileError
 from valle.codec.base import sha256_file
 from valle.codec.encodec import CHECKPOINT_SHA256 as ENCODEC_SHA256
 

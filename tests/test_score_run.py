@@ -224,7 +224,7 @@ def test_folder_chunk_mixing_an_invalid_item_with_good_ones_scores(espeak_corpus
     assert len(rows) == 4
 
 
-def test_seed_tts_eval_convention_end_to_end(setup, tmp_path):
+def test_seed_tts_eval_convention_end_to_end(setup, sharded_run, tmp_path):
     """`--asr-compat seed-tts-eval`: the card says so, WER text is run_wer.py's (punctuation gone, case
     folded, no spelling normalisation), and reference rows carry the ASR's fallback flag."""
     _, ts, _, outputs = setup
@@ -241,6 +241,9 @@ def test_seed_tts_eval_convention_end_to_end(setup, tmp_path):
         assert hyp_norm == normalize(hyp, "seed-tts-eval") and hyp_norm == hyp_norm.lower()
     refs = pd.read_parquet(tmp_path / "run" / "tables" / "references.parquet")
     assert refs["gt_asr_fallback_exhausted"].notna().all()
+    # the same model under another convention makes other numbers: never compared
+    with pytest.raises(ValueError, match=r"asr scorers differ .*compat"):
+        compare_runs(tmp_path / "run", sharded_run)
 
 
 def test_a_second_writer_is_refused_and_a_killed_writers_lock_does_not_block(setup, tmp_path):

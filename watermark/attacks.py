@@ -235,14 +235,14 @@ def lossy_codec(wav: np.ndarray, sr: int, codec: str, bitrate: int) -> tuple[np.
     rate = sr if sr in rates else 48000
     x = _resample(wav, sr, rate)
     y = _pyav_round_trip(x, rate, codec, bitrate)
-    y = _align(y, _codec_delay(codec, rate, bitrate), len(x))
+    y = _align(y, codec_delay(codec, rate, bitrate), len(x))
     return fit(_resample(y, rate, sr), len(wav)), sr
 
 
 def vorbis(wav: np.ndarray, sr: int, quality: int) -> tuple[np.ndarray, int]:
     """Ogg Vorbis (libvorbis VBR, ``quality`` on its 0-10 scale) through libsndfile, in memory."""
     y = _vorbis_round_trip(wav, sr, quality)
-    return _align(y, _codec_delay("vorbis", sr, quality), len(wav)), sr
+    return _align(y, codec_delay("vorbis", sr, quality), len(wav)), sr
 
 
 def _pyav_round_trip(x: np.ndarray, sr: int, codec: str, bitrate: int) -> np.ndarray:
@@ -285,7 +285,7 @@ def _vorbis_round_trip(x: np.ndarray, sr: int, quality: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=64)
-def _codec_delay(codec: str, sr: int, setting: int) -> int:
+def codec_delay(codec: str, sr: int, setting: int) -> int:
     """Samples the decoded output lags the input, from the cross-correlation peak on a seeded noise
     probe (band-limited to 2 kHz so every bitrate keeps it). Constant for a (codec, rate, setting)."""
     from scipy import signal

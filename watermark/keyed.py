@@ -132,7 +132,7 @@ class KeyedWatermarker:
         self.strength_db = float(strength_db)
         self.alpha = float(alpha)
         self.speed_search = bool(speed_search)
-        self._phase, self._role = _layout(key)
+        self._phase, self._role = layout(key)
 
     def card(self) -> dict:
         return {
@@ -259,7 +259,7 @@ def tail_bound(z: float) -> float:
 
 
 # -- key-derived layout -------------------------------------------------------------------------
-def _layout(key: WatermarkKey) -> tuple[np.ndarray, np.ndarray]:
+def layout(key: WatermarkKey) -> tuple[np.ndarray, np.ndarray]:
     """Signs ``[P, B]`` (±1) and roles ``[P, B]`` (-1 = pilot, else channel-bit index), from the key."""
     seed = hmac.new(key.secret, f"valle-keyed-wm|{key.key_id}".encode(), hashlib.sha256).digest()
     n = PERIOD_TILES * N_BANDS

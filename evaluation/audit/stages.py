@@ -35,7 +35,7 @@ import pandas as pd
 from detection.evaluate import SCORES_FILE, eval_report, evaluate, write_eval
 from detection.split import Clip, split
 from detection.train import CALIBRATION_FOLDS, build_detector, fit_and_calibrate, save_model
-from evaluation.audit.profiles import check_profile
+from evaluation.audit.preflight import check_profile
 from evaluation.audit.state import STAGES, Audit, AuditOptions, StageResult, default_keys, stage_plan
 from evaluation.bypass.asv import run_asv, write_outputs
 from evaluation.bypass.trials import AsvConfig

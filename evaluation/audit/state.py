@@ -101,7 +101,7 @@ class Audit:
     backends: dict = field(default_factory=dict)
     started: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     cache: dict = field(default_factory=dict)  # models loaded once per process (scorers, watermarker)
-    profile_check: dict = field(default_factory=dict)  # resolved backends + file hashes (profiles.py)
+    profile_check: dict = field(default_factory=dict)  # resolved backends + file hashes (preflight.py)
 
     def to_json(self) -> dict:
         return {

@@ -33,6 +33,8 @@ from evaluation.scorers.stats import mean_ci, paired_mean_diff_ci, paired_ratio_
 
 CHARGED = ("ok", "generation_failed", "invalid_audio")  # rows whose errors count against the generator
 RANK_TABLE = re.compile(r"^(?P<table>\w+)\.rank(?P<rank>\d+)-of-(?P<world>\d+)\.parquet$")
+# scorer-card fields that change a number: runs differing in any of them are not compared
+SCORER_IDENTITY = ("backend", "sha256", "compat", "text_normalizer", "beam_size", "temperatures", "compute_type")
 ASR_RELIABLE_WER = 0.5  # ceiling WER above which an item's reference recording defeats the ASR
 MEANS = (
     "sim_prompt",
@@ -232,19 +234,20 @@ def load_tables(run_dir: str | Path) -> tuple[pd.DataFrame, dict]:
 def compare_runs(run_a: str | Path, run_b: str | Path) -> dict:
     """Paired differences A - B over the test items both runs scored, each with its 95% interval.
 
-    Refuses runs on different test sets or with different ASR / speaker backends: their numbers
-    are not comparable.
+    Refuses runs on different test sets, or whose ASR / speaker scorers differ in anything that
+    changes a number (:data:`SCORER_IDENTITY`): their numbers are not comparable.
     """
     (a, ca), (b, cb) = load_tables(run_a), load_tables(run_b)
     if ca["testset_sha256"] != cb["testset_sha256"]:
         raise ValueError(f"{run_a} and {run_b} were scored on different test sets")
     for part in ("asr", "speaker"):
-        ba, bb = (ca.get("scorers") or {}).get(part), (cb.get("scorers") or {}).get(part)
-        if (ba or {}).get("sha256") != (bb or {}).get("sha256") or (ba or {}).get("backend") != (
-            bb or {}
-        ).get("backend"):
+        ba, bb = (ca.get("scorers") or {}).get(part) or {}, (cb.get("scorers") or {}).get(part) or {}
+        differ = [k for k in SCORER_IDENTITY if ba.get(k) != bb.get(k)]
+        if differ:
             raise ValueError(
-                f"{part} backends differ between {run_a} and {run_b}; their numbers are not comparable"
+                f"{part} scorers differ between {run_a} and {run_b} ({', '.join(differ)}: "
+                f"{[ba.get(k) for k in differ]} vs {[bb.get(k) for k in differ]}); their numbers are not "
+                "comparable"
             )
     a, b = _errors(a[a["status"].isin(CHARGED)]), _errors(b[b["status"].isin(CHARGED)])
     ids = sorted(set(a["id"]) & set(b["id"]))

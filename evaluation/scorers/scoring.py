@@ -82,7 +82,7 @@ class Timer:
             self.seconds[stage] += time.perf_counter() - t0
 
 
-def _load16k(path) -> np.ndarray:
+def load16k(path) -> np.ndarray:
     """16 kHz mono; resampling a full-scale file overshoots [-1, 1] slightly, which DNSMOS refuses."""
     return np.clip(load_audio(path, SR, allow_silent=True)[0], -1.0, 1.0)
 
@@ -166,9 +166,9 @@ class Scorers:
         prompts, targets, lost = {}, {}, {}
         for iid in sorted({g["id"] for g in gen_rows if g["status"] != "skipped"}):
             try:
-                prompts[iid] = _load16k(prompt_dir / f"{iid}.wav")
+                prompts[iid] = load16k(prompt_dir / f"{iid}.wav")
                 if items[iid].target_audio is not None:
-                    targets[iid] = _load16k(items[iid].target_audio)
+                    targets[iid] = load16k(items[iid].target_audio)
             except AudioError as err:  # a file that went missing or bad after the test set was built
                 lost[iid] = str(err)
                 prompts.pop(iid, None)
@@ -194,7 +194,7 @@ class Scorers:
                 row.update(status="generation_failed", error=g["error"])
                 continue
             try:
-                wav = _load16k(g["audio"])
+                wav = load16k(g["audio"])
             except AudioError as err:
                 row.update(status="invalid_audio", error=str(err))
                 continue
