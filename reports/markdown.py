@@ -22,6 +22,7 @@ FAILURE_COUNTS = (
 # (label, section, path inside the section, shown as percent)
 HEADLINE = (
     ("WER", "intelligibility", ("metrics", "wer"), True),
+    ("WER, ASR-reliable items", "intelligibility", ("metrics", "wer_asr_reliable_items"), True),
     ("WER ceiling (real targets)", "intelligibility", ("metrics", "ceiling_wer"), True),
     ("SIM to prompt", "similarity", ("metrics", "sim_prompt"), False),
     ("SIM to target", "similarity", ("metrics", "sim_target"), False),
@@ -101,6 +102,9 @@ def render_markdown(card: dict) -> str:
     lines += _table(["metric", "value", "95% CI", "n", "backend"], rows, [26, 7, 16, 5, BACKEND_W])
     if not rows:
         lines.append("_no metric could be read; see Failures_")
+    note = (card.get("intelligibility") or {}).get("note")
+    if note:
+        lines += ["", *_wrap(f"WER: {note}")]
 
     flags = card.get("flags") or {}
     lines += ["", "## Flag rates (share of rows)", ""]
