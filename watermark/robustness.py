@@ -172,6 +172,50 @@ def _pesq_wb(ref: np.ndarray, deg: np.ndarray, sr: int) -> float:
         return float("nan")
 
 
+def detect_under_attacks(
+    watermarker,
+    wav: np.ndarray,
+    sr: int,
+    attacks: Sequence[Attack],
+    *,
+    original: np.ndarray | None = None,
+    errors: str = "raise",
+    clip_id: str = "clip",
+) -> list[dict]:
+    """``wav`` as it is (attack ``"none"``) and under each attack, each read by the backend's detector:
+    the one attack loop of the battery (:func:`run_battery`) and of the audit's watermark stage.
+
+    ``original``: the unmarked signal, for attacks that splice it in (default ``wav``). Returns one
+    dict per condition, ``{"attack", "family", "out_seconds", "detection", "detect_seconds",
+    "error"}``. A failing attack or detector raises (``errors="raise"``, naming the attack and clip) or
+    becomes a row with ``detection`` None and the error text (``errors="record"``).
+    """
+    if errors not in ("raise", "record"):
+        raise ValueError(f"errors must be 'raise' or 'record', got {errors!r}")
+    wav = np.asarray(wav, np.float32)
+    original = wav if original is None else original
+    out = []
+    for atk in [None, *attacks]:
+        row = {"attack": "none" if atk is None else atk.name, "family": "none" if atk is None else atk.family}
+        try:
+            aw, asr = (wav, sr) if atk is None else atk(wav, sr, original=original)
+            t0 = time.perf_counter()
+            det = watermarker.detect(np.asarray(aw, np.float32), asr)
+            row |= {
+                "out_seconds": len(aw) / asr,
+                "detection": det,
+                "detect_seconds": time.perf_counter() - t0,
+            }
+            row["error"] = None
+        except Exception as err:
+            if errors == "raise":
+                raise RuntimeError(f"attack {row['attack']!r} failed on clip {clip_id!r}: {err}") from err
+            row |= {"out_seconds": None, "detection": None, "detect_seconds": None}
+            row["error"] = f"{type(err).__name__}: {err}"
+        out.append(row)
+    return out
+
+
 def run_battery(
     watermarker,
     clips: Sequence[tuple[np.ndarray, int, str]],
@@ -214,35 +258,27 @@ def run_battery(
         payload = None if payloads is None else tuple(payloads[i])
         t0 = time.perf_counter()
         marked = watermarker.embed(wav, sr, payload)
-        t1 = time.perf_counter()
-        clean_det = watermarker.detect(wav, sr)
-        t2 = time.perf_counter()
+        embed_s = time.perf_counter() - t0
+        on_marked = detect_under_attacks(watermarker, marked, sr, attacks, original=wav, clip_id=clip_id)
+        on_original = detect_under_attacks(watermarker, wav, sr, attacks, original=wav, clip_id=clip_id)
         per_clip = {
             "clip_id": clip_id,
             "sr": sr,
             "seconds": len(wav) / sr,
-            "score_original": clean_det.score,
-            "embed_s": t1 - t0,
-            "detect_s": t2 - t1,
+            "score_original": on_original[0]["detection"].score,
+            "embed_s": embed_s,
+            "detect_s": on_original[0]["detect_seconds"],
             **(quality(marked, wav, sr) if with_quality else {}),
         }
-        conditions = [("none", "none", marked, clean_det, sr)]
-        for atk in attacks:
-            try:
-                am, am_sr = atk(marked, sr, original=wav)
-                au, au_sr = atk(wav, sr, original=wav)
-                conditions.append((atk.name, atk.family, am, watermarker.detect(au, au_sr), am_sr))
-            except Exception as err:
-                raise RuntimeError(f"attack {atk.name!r} failed on clip {clip_id!r}: {err}") from err
-        for name, family, am, unmarked_det, am_sr in conditions:
-            det = watermarker.detect(am, am_sr)
+        for m, u in zip(on_marked, on_original, strict=True):
+            det, unmarked_det = m["detection"], u["detection"]
             k, n = bits_correct(det.payload, payload)
             rows.append(
                 {
                     **per_clip,
-                    "attack": name,
-                    "family": family,
-                    "out_seconds": len(am) / am_sr,
+                    "attack": m["attack"],
+                    "family": m["family"],
+                    "out_seconds": m["out_seconds"],
                     "score_marked": det.score,
                     "score_unmarked": unmarked_det.score,
                     "detected_marked": bool(det.detected),

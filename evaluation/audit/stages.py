@@ -51,7 +51,7 @@ from watermark.attacks import attack_bank, select, skipped_attacks
 from watermark.keys import KeyRing, load_key
 from watermark.ledger import Ledger
 from watermark.provenance import load_signing_key
-from watermark.robustness import decision_rates
+from watermark.robustness import decision_rates, detect_under_attacks
 from watermark.verify import verify_file
 
 PUBLIC_KEY = "keys/signing.public.pem"
@@ -276,16 +276,13 @@ def stage_watermark(audit: Audit, progress: bool = True) -> dict:
     clips = [(r, True) for r in marked] + [(r, False) for r in unmarked]
     for r, is_marked in tqdm(clips, desc="watermark attacks", disable=not progress):
         wav, sr = load_audio(r["audio"])
-        for atk in [None, *attacks]:
-            row = {"clip": r["id"], "marked": is_marked, "attack": "none" if atk is None else atk.name}
-            row["family"] = "none" if atk is None else atk.family
-            try:
-                aw, asr = (wav, sr) if atk is None else atk(wav, sr, original=wav)
-                det = wm.detect(np.asarray(aw, np.float32), asr)
-                row.update(detected=bool(det.detected), score=float(det.score), error=None)
-            except Exception as err:  # one attack failing on one clip is a row, not the end
-                row.update(detected=None, score=None, error=f"{type(err).__name__}: {err}")
-            rows.append(row)
+        # one attack failing on one clip is a row, not the end of the stage
+        for c in detect_under_attacks(wm, wav, sr, attacks, errors="record", clip_id=r["id"]):
+            det = c["detection"]
+            row = {"clip": r["id"], "marked": is_marked, "attack": c["attack"], "family": c["family"]}
+            row["detected"] = None if det is None else bool(det.detected)
+            row["score"] = None if det is None else float(det.score)
+            rows.append(row | {"error": c["error"]})
     per_clip = pd.DataFrame(rows)
     per_attack = []
     for name, g in per_clip.groupby("attack", sort=False):
