@@ -21,6 +21,7 @@ from evaluation.runs.run import RunOptions, score
 from evaluation.runs.rundir import RunLockedError, exclusive, records
 from evaluation.runs.summary import compare_runs, merge, summarize
 from evaluation.scorers.asr import compat_options
+from evaluation.scorers.registry import metric_specs
 from evaluation.scorers.scoring import Scorers, ScoringConfig
 from evaluation.scorers.wer import normalize
 from evaluation.testsets.testset import TestSet, TestSetOptions, build_test_set, cut_prompt
@@ -145,6 +146,14 @@ def test_asr_unreliable_items_are_listed_with_reasons_and_left_out_of_reliable_w
     assert s["metrics"]["wer"]["value"] == pytest.approx(14 / 32, abs=1e-4)
     # left: item a (0 errors, both seeds) and item d seed 0 (2 errors) = 2 / 12 words
     assert s["metrics"]["wer_asr_reliable_items"]["value"] == pytest.approx(2 / 12, abs=1e-4)
+
+
+def test_every_summary_metric_is_described_by_the_scorer_registry(sharded_run):
+    metrics = set(json.loads((sharded_run / "summary.json").read_text())["metrics"])
+    listed = set(metric_specs())
+    assert metrics <= listed, sorted(metrics - listed)
+    # what a folder generator cannot give: AR codes and its own watermark read-back
+    assert listed - metrics == {"repetition_ratio", "watermark_verified_rate"}
 
 
 def test_merge_is_idempotent(sharded_run):

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cosine as scipy_cosine_distance
 
+from evaluation.scorers.registry import load_scorer
 from evaluation.scorers.speaker import (
     CAMPPLUS_SHA256,
     CAMPPlusEncoder,
@@ -70,6 +71,11 @@ def test_cosine_matches_scipy_rowwise_and_for_single_vectors():
 def test_unknown_backend_is_a_value_error_listing_known_names():
     with pytest.raises(ValueError, match=r"'xvector'.*ecapa, resemblyzer"):
         load_speaker_encoder("xvector")
+    # the scorer registry says the same, and knows which roles it can load
+    with pytest.raises(ValueError, match=r"unknown speaker backend 'xvector'; choose one of campplus"):
+        load_scorer("speaker", "xvector")
+    with pytest.raises(ValueError, match=r"no loadable scorer for role 'flags'"):
+        load_scorer("flags")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from pathlib import Path
 from evaluation.runs.run import STAGES, build_run_options, rank_world, score
 from evaluation.runs.summary import merge
 from evaluation.scorers.asr import ASR_COMPAT
+from evaluation.scorers.registry import describe
 from evaluation.scorers.speaker import DEFAULT_SPEAKER
 from evaluation.testsets.testset import (
     PROTOCOLS,
@@ -135,6 +136,14 @@ def add_parser(sub) -> None:
     add_watermark_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_score)
+
+    p = sub.add_parser(
+        "scorers",
+        help="list the scorers, their backends and every metric they produce (meaning, direction, unit)",
+        epilog="example:\n  valle scorers",
+        formatter_class=RAW,
+    )
+    p.set_defaults(func=lambda args: print(describe()) or 0)
 
     p = sub.add_parser(
         "merge",

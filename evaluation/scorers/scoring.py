@@ -35,18 +35,17 @@ from dataclasses import asdict, dataclass, field
 import jiwer
 import numpy as np
 
-from evaluation.scorers.asr import ASROptions, load_asr, to_whisper_rate
+from evaluation.scorers.asr import ASROptions, to_whisper_rate
 from evaluation.scorers.flags import (
     FLAG_NAMES,
     FlagThresholds,
-    SpeechActivity,
     gzip_compression_ratio,
     periodic_repeat,
     repetition_ratio,
     utterance_flags,
 )
-from evaluation.scorers.quality import DNSMOS
-from evaluation.scorers.speaker import DEFAULT_SPEAKER, cosine, load_speaker_encoder
+from evaluation.scorers.registry import load_scorer
+from evaluation.scorers.speaker import DEFAULT_SPEAKER, cosine
 from evaluation.scorers.wer import normalize
 from evaluation.testsets.testset import TestItem
 from valle.audio import SILENCE_PEAK, AudioError, load_audio
@@ -112,12 +111,12 @@ class Scorers:
 
     def __init__(self, config: ScoringConfig = ScoringConfig(), device: str = "cpu") -> None:
         self.config = config
-        self.asr = load_asr(config.asr, config.asr_model, device=device, options=config.asr_options)
+        self.asr = load_scorer("asr", config.asr, config.asr_model, device, options=config.asr_options)
         self.compat = config.asr_options.compat
         self.scheme = text_scheme(config.asr_options)
-        self.speaker = load_speaker_encoder(config.speaker, config.speaker_model, device=device)
-        self.vad = SpeechActivity() if config.vad else None
-        self.dnsmos = DNSMOS() if config.quality else None
+        self.speaker = load_scorer("speaker", config.speaker, config.speaker_model, device)
+        self.vad = load_scorer("vad") if config.vad else None
+        self.dnsmos = load_scorer("quality") if config.quality else None
         self.timer = Timer()
 
     def cards(self) -> dict:
