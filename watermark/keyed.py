@@ -28,7 +28,9 @@ untouched. The mark follows the speech's own energy: none in silence.
 
 **Detection.** For each hypothesis ``h`` (a speed factor of ``SPEED_GRID`` and a tile alignment in the
 period), tiles are folded onto the period, ``R[q, b] = sum_i w_i exp(2 pi j f_i / D)`` (``w_i`` in
-[0, 1] from the tile's level only), and
+[0, 1] from the audio alone: the tile's level, and 0 when the tile or its predecessor holds clipped
+samples, whose energy a clipper has flattened: gain x10 into full scale went from 64% to 92% TPR on 12
+real clips when those tiles were left out), and
 
     z_h = sum_pilot Re(R exp(-2 pi j d)) / sqrt(sum_pilot |R|**2 / 2)
 
@@ -197,6 +199,7 @@ class KeyedWatermarker:
         """Search speed and alignment; return the best hypothesis and its p-value bound."""
         check_wav(wav, sr, "audio to check")
         x = np.asarray(wav, np.float64)
+        clipped = np.flatnonzero(clipped_samples(x))
         speeds = SPEED_GRID if self.speed_search else (1.0,)
         pilot = self._role < 0
         key = np.exp(-2j * np.pi * self._phase)  # conj of the dither phasor, [P, B]
@@ -205,7 +208,8 @@ class KeyedWatermarker:
         hyps = len(speeds) * FRAMES_PER_TILE * PERIOD_TILES
         for f in speeds:
             energy = _band_energy(_stft(_resample(x, sr, SR * f)))
-            for o, res in _resultants(energy, self.step):
+            bad = _frames_touching(clipped * (SR * f / sr), energy.shape[0])
+            for o, res in _resultants(energy, self.step, bad):
                 corr = (res * key).real  # [P, B]
                 z = pilot_z(corr[pilot], res[pilot])
                 if f == 1.0 and o == 0:
@@ -338,11 +342,39 @@ def _quantise_chain(log_e: np.ndarray, offsets: np.ndarray, step: float, alpha: 
     return target
 
 
-def _resultants(energy: np.ndarray, step: float):
+def clipped_samples(x: np.ndarray) -> np.ndarray:
+    """``[N]`` bool: samples of a flat top, i.e. runs of >= 2 same-sign samples within 0.1% of the
+    peak magnitude (what a clipper leaves; an unclipped peak rarely repeats its value)."""
+    x = np.asarray(x)
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    if peak == 0.0:
+        return np.zeros(x.shape, bool)
+    top = np.abs(x) >= 0.999 * peak
+    run = top[1:] & top[:-1] & (np.sign(x[1:]) == np.sign(x[:-1]))
+    out = np.zeros(x.shape, bool)
+    out[1:] |= run
+    out[:-1] |= run
+    return out
+
+
+def _frames_touching(positions: np.ndarray, n_frames: int) -> np.ndarray:
+    """``[n_frames]`` bool: STFT frames (``center=True``) whose window covers any of the sample
+    ``positions`` (floats, at the STFT's rate)."""
+    bad = np.zeros(n_frames + 1, int)
+    if positions.size:
+        lo = np.clip(np.floor((positions - N_FFT / 2) / HOP).astype(int) + 1, 0, n_frames)
+        hi = np.clip(np.floor((positions + N_FFT / 2) / HOP).astype(int) + 1, 0, n_frames)
+        np.add.at(bad, lo, 1)
+        np.add.at(bad, hi, -1)
+    return np.cumsum(bad)[:n_frames] > 0
+
+
+def _resultants(energy: np.ndarray, step: float, bad_frames: np.ndarray | None = None):
     """Yield ``(offset_frames, R [P, B])`` for every tile alignment: ``R[q, b]`` is the weighted sum of
     ``exp(2 pi i f / step)`` over the tiles folded onto cell ``(q, b)``, where ``f`` is the tile's log
     energy minus its predecessor's. Tiles start at frame ``phase``; tile ``i`` lands on cell
-    ``(i + k) % P`` (``offset_frames = phase + FRAMES_PER_TILE * k``)."""
+    ``(i + k) % P`` (``offset_frames = phase + FRAMES_PER_TILE * k``). Differences touching a tile
+    with a frame in ``bad_frames [T]`` (clipped audio) get weight 0."""
     for phase in range(FRAMES_PER_TILE):
         tiles = _log_tiles(energy[phase:])
         if len(tiles) < 3:
@@ -353,6 +385,10 @@ def _resultants(energy: np.ndarray, step: float):
         # the loud tiles, falling to 0 at WEIGHT_DB[1] dB
         db = (level - np.percentile(level, 95)) * (10 / math.log(10))
         w = np.clip((db - WEIGHT_DB[1]) / (WEIGHT_DB[0] - WEIGHT_DB[1]), 0.0, 1.0)
+        if bad_frames is not None and bad_frames.any():
+            n = len(tiles) * FRAMES_PER_TILE
+            tile_bad = bad_frames[phase : phase + n].reshape(len(tiles), FRAMES_PER_TILE).any(axis=1)
+            w = w * ~(tile_bad[1:] | tile_bad[:-1])[:, None]
         phasor = w * np.exp(2j * np.pi * diff / step)
         res0 = np.zeros((PERIOD_TILES, tiles.shape[1]), complex)
         np.add.at(res0, np.arange(1, len(tiles)) % PERIOD_TILES, phasor)
