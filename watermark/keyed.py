@@ -24,8 +24,7 @@ and ``c`` the channel bit (0 on pilots), tile ``i`` of cell ``q`` gets the targe
 the SNR less (``LEVEL_BOOST``); a loud tile moves by at most ``STRENGTH_DB`` dB. Tile gains scale the
 STFT bins of the band; the resynthesis is re-analysed and the gains corrected ``EMBED_ITERATIONS``
 times. Only the change is resampled back and added to the input, so audio outside the band is
-untouched; where it would cost more than ``MIN_SNR_DB`` of SNR it is scaled down to that. The mark
-follows the speech's own energy: none in silence.
+untouched. The mark follows the speech's own energy: none in silence.
 
 **Detection.** For each hypothesis ``h`` (a speed factor of ``SPEED_GRID`` and a tile alignment in the
 period), tiles are folded onto the period, ``R[q, b] = sum_i w_i exp(2 pi j f_i / D)`` (``w_i`` in
@@ -85,7 +84,6 @@ EMBED_ITERATIONS = 3
 LEVEL_BOOST = 1.0  # quieter tiles get alpha * (level ratio)^LEVEL_BOOST, up to 1
 WEIGHT_DB = (-15.0, -30.0)  # tile weight 1 above the first level (dB re loud tiles), 0 below the second
 ALPHA = 0.3  # distortion compensation (Chen & Wornell 2001) of the loudest tiles
-MIN_SNR_DB = 25.0  # the mark's change is scaled down on clips where it would exceed this budget
 P_THRESHOLD = 1e-6
 # speed factors searched (played ``f`` times faster, pitch shifted with it); 1.0 first
 SPEED_GRID = tuple(sorted(np.round(np.arange(0.88, 1.1201, 0.01), 3), key=lambda f: (abs(f - 1), f)))
@@ -183,10 +181,6 @@ class KeyedWatermarker:
             frame_gain[np.ix_(in_band, np.arange(len(per_frame)))] = per_frame[:, BAND[in_band]].T
             marked16 = _istft(spec * frame_gain, len(x16))
         delta = fit_length(_resample(marked16 - x16, SR, sr), len(x))
-        # a quality floor: a clip whose change would cost more than MIN_SNR_DB gets it scaled down
-        snr = 10 * math.log10(float(np.sum(x**2)) / max(float(np.sum(delta**2)), 1e-30))
-        if snr < MIN_SNR_DB:
-            delta *= 10 ** ((snr - MIN_SNR_DB) / 20)
         return np.clip(x + delta, -1.0, 1.0).astype(np.float32)
 
     @property
