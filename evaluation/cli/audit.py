@@ -8,8 +8,7 @@ from pathlib import Path
 
 from evaluation.audit.stages import run_audit
 from evaluation.audit.state import STAGES, AuditOptions, timing_summary
-from evaluation.cli.score import add_testset_args, load_testset
-from evaluation.scorers.asr import ASR_COMPAT
+from evaluation.cli.score import add_asr_compat_arg, add_testset_args, load_testset
 from evaluation.testsets.demo_set import demo_testset
 
 EXAMPLES = """examples:
@@ -63,14 +62,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--chunk-size", type=int, default=8)
     p.add_argument("--no-quality", action="store_true", help="skip DNSMOS")
-    p.add_argument(
-        "--asr-compat",
-        default="project",
-        choices=ASR_COMPAT,
-        help="ASR convention: project (beam 5, temperature fallback, Whisper's text normaliser) or "
-        "seed-tts-eval (its run_wer.py: FFT resampling, greedy, no fallback, punctuation-stripping "
-        "normaliser; pair with --asr openai-whisper --asr-model large-v3 for a paper's model)",
-    )
+    add_asr_compat_arg(p)
     s = p.add_argument_group("sampling (valle: generators; defaults: top-p 0.8, temperature 1, RAS on)")
     s.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold")
     s.add_argument("--temperature", type=float, default=None)

@@ -73,6 +73,18 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def add_asr_compat_arg(p: argparse.ArgumentParser) -> None:
+    """``--asr-compat`` (shared by ``valle score`` and ``valle audit``)."""
+    p.add_argument(
+        "--asr-compat",
+        default="project",
+        choices=ASR_COMPAT,
+        help="ASR convention: project (beam 5, temperature fallback, Whisper's text normaliser) or "
+        "seed-tts-eval (its run_wer.py: FFT resampling, greedy, no fallback, punctuation-stripping "
+        "normaliser; pair with --asr openai-whisper --asr-model large-v3 for a paper's model)",
+    )
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "testset",
@@ -116,14 +128,7 @@ def add_parser(sub) -> None:
         default=None,
         help="CTranslate2 dir, Whisper model name or .pt (default: bundled tiny.en)",
     )
-    p.add_argument(
-        "--asr-compat",
-        default="project",
-        choices=ASR_COMPAT,
-        help="ASR convention: project (beam 5, temperature fallback, Whisper's text normaliser) or "
-        "seed-tts-eval (its run_wer.py: FFT resampling, greedy, no fallback, punctuation-stripping "
-        "normaliser; pair with --asr openai-whisper --asr-model large-v3 for a paper's model)",
-    )
+    add_asr_compat_arg(p)
     p.add_argument("--speaker", default=DEFAULT_SPEAKER, choices=("campplus", "resemblyzer", "ecapa"))
     p.add_argument("--speaker-model", default=None, help="local SpeechBrain ECAPA model dir")
     p.add_argument("--no-quality", action="store_true", help="skip DNSMOS")
