@@ -3,6 +3,9 @@
 Layout of ``out_dir``::
 
     wavs/<speaker>/<id>.wav   24 kHz mono 16-bit, trimmed, peak-normalised
+    wavs/<speaker>/<id>.phones.json
+                              the synthesiser's own phoneme timing for that file (see
+                              :mod:`valle.corpus.phones`), written with each synthesised wav
     manifest.jsonl            one row per utterance (valle.manifest format, plus engine/split)
     corpus.json               config, speakers, counts and sentence split
 
@@ -35,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from valle.audio import AudioError, duration, load_audio, peak_normalize, resample, save_audio
+from valle.corpus.phones import write_phones
 from valle.corpus.sentences import (
     HELDOUT_FRACTION,
     Sentence,
@@ -100,15 +104,22 @@ class Synthesizers:
         self._engine_for: str | None = None
 
     def __call__(self, speaker: SpeakerSpec, text: str) -> tuple[np.ndarray, int]:
+        wav, sr, _ = self.aligned(speaker, text)
+        return wav, sr
+
+    def aligned(
+        self, speaker: SpeakerSpec, text: str
+    ) -> tuple[np.ndarray, int, list[tuple[str, float, float]]]:
+        """``(wav, sr, tokens)``: the engine's phoneme tokens ``(name, start_s, end_s)``."""
         if self._engine_for != speaker.id:
             self.close()  # free the previous speaker's engine before loading the next
             self._engine = self._load(speaker)
             self._engine_for = speaker.id
         if isinstance(speaker, EspeakSpeaker):
-            return self._engine.synthesize(
+            return self._engine.synthesize_aligned(
                 text, speaker.voice, speaker.rate, speaker.pitch, speaker.pitch_range
             )
-        return self._engine.synthesize(
+        return self._engine.synthesize_aligned(
             text, speaker.vtl, speaker.noise_scale, speaker.noise_w_scale, out_sr=self.sample_rate
         )
 
@@ -120,7 +131,7 @@ class Synthesizers:
         if isinstance(speaker, PiperSpeaker):
             from valle.corpus.piper import PiperSynth
 
-            return PiperSynth(seed=_stable_int(self.seed, speaker.id))
+            return PiperSynth(seed=_stable_int(self.seed, speaker.id), alignments=True)
         raise TypeError(f"unknown speaker spec {speaker!r}")
 
     def close(self) -> None:
@@ -136,6 +147,13 @@ def _stable_int(*parts: object) -> int:
 
 def condition(wav: np.ndarray, sr: int, config: CorpusConfig, name: str = "audio") -> np.ndarray:
     """Resample to ``config.sample_rate``, trim silence keeping a margin, peak-normalise."""
+    return condition_with_offset(wav, sr, config, name)[0]
+
+
+def condition_with_offset(
+    wav: np.ndarray, sr: int, config: CorpusConfig, name: str = "audio"
+) -> tuple[np.ndarray, float]:
+    """:func:`condition`, plus the seconds trimmed from the start (to shift phoneme times)."""
     import librosa
 
     wav = resample(np.asarray(wav, dtype=np.float32), sr, config.sample_rate)
@@ -146,8 +164,8 @@ def condition(wav: np.ndarray, sr: int, config: CorpusConfig, name: str = "audio
             wav, top_db=config.trim_top_db, frame_length=frame, hop_length=frame // 4
         )
         margin = int(config.trim_margin_s * sr)
-        wav = wav[max(0, start - margin) : min(len(wav), end + margin)]
-        return peak_normalize(wav, config.peak_db)
+        first = max(0, start - margin)
+        return peak_normalize(wav[first : min(len(wav), end + margin)], config.peak_db), first / sr
     except AudioError as err:
         raise AudioError(f"{name}: {err}") from err
 
@@ -207,8 +225,10 @@ def build_corpus(
                 path = out_dir / "wavs" / spk.id / f"{utt_id}.wav"
                 seconds = _existing_duration(path)
                 if seconds is None:
-                    wav, sr = synth(spk, sentence.text)
-                    save_audio(path, condition(wav, sr, config, utt_id), config.sample_rate)
+                    wav, sr, tokens = synth.aligned(spk, sentence.text)
+                    wav, offset = condition_with_offset(wav, sr, config, utt_id)
+                    write_phones(path, spk.engine, tokens, offset, len(wav) / config.sample_rate)
+                    save_audio(path, wav, config.sample_rate)
                     seconds = duration(path)
                     counts["synthesized"] += 1
                 else:
