@@ -1,0 +1,271 @@
+"""A learned, phone-supervised codebook 1: does a code that keeps the phone decode to words?
+
+`benchmarks/codec_stage1.py` showed that one k-means code per frame, chosen to minimise spectral
+error, loses the words (~70% WER) although the envelope it quantises is intelligible (~23%). Here
+stage 1 is learned end to end on the corpus, with the synthesisers' own phoneme timing
+(``valle corpus`` writes it beside each wav) as a second target:
+
+    x_t      = logmel_t - mean_utt(logmel)                  [T, 100]  level/timbre removed
+    z_t      = Enc(x)_t                                     [T, 64]   dilated convs, +-18 frames
+    c_t      = argmin_k ||z_t - E[k]||,  q_t = E[c_t]       1024 codes (EMA k-means updates)
+    x^_t     = Dec(q)_t                                     [T, 100]  dilated convs, +-36 frames
+    loss     = |x - x^|_1 + a * CE(phone_t | W q_t) + b * CE(phone_t | W' z_t) + beta ||z - sg(q)||^2
+
+so every code must name a phone (a linear read-out of its vector alone predicts the phone), and
+the decoder restores each phone's spectrum from the code sequence in context. ``--voice-cond`` also
+gives the decoder the utterance's mean frame (what a voice prompt tells VALL-E's NAR);
+``--phone-weight 0`` is a plain VQ-VAE. Evaluation as in ``codec_stage1.py`` (20 held-out Piper and
+20 real utterances, the codec's Griffin-Lim, Whisper tiny.en), plus 20 Piper training utterances,
+where the codes are as right as they get: what the decoder path loses by itself.
+
+    valle corpus --out data/corpus_phones          # a corpus with phoneme timing
+    python benchmarks/codec_stage1_phones.py --steps 3000 --save stage1.safetensors
+    python benchmarks/codec_stage1_phones.py --steps 2000 --voice-cond --name codec_stage1_phones_voice
+    python benchmarks/codec_stage1_phones.py --load stage1.safetensors   # evaluate a saved one again
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from results_io import write_result
+
+from evaluation.scorers.asr import FasterWhisperASR
+from evaluation.scorers.wer import word_error_rate
+from valle.audio import load_audio
+from valle.codec import load_codec
+from valle.corpus.phones import SILENCE, frame_labels, read_phones
+from valle.manifest import read_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+REAL = REPO.parent / "shared" / "data" / "real_speech" / "manifest.jsonl"
+
+
+class ConvStack(nn.Module):
+    """``[B, T, d_in] -> [B, T, d_out]``: a 1-D conv in, residual dilated conv blocks, a 1x1 out."""
+
+    def __init__(self, d_in: int, d_out: int, width: int, kernel: int, dilations: tuple[int, ...]):
+        super().__init__()
+        self.inp = nn.Conv1d(d_in, width, kernel, padding=kernel // 2)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.GELU(), nn.Conv1d(width, width, kernel, padding=d * (kernel // 2), dilation=d))
+            for d in dilations
+        )
+        self.norm = nn.GroupNorm(1, width)
+        self.out = nn.Conv1d(width, d_out, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x.transpose(1, 2))
+        for block in self.blocks:
+            h = h + block(h)
+        return self.out(F.gelu(self.norm(h))).transpose(1, 2)
+
+
+class EMAQuantiser(nn.Module):
+    """Nearest-entry VQ whose entries follow the mean of their assigned vectors (van den Oord et
+    al., 2017, appendix), with unused entries restarted on random encoder outputs."""
+
+    def __init__(self, k: int, dim: int, decay: float = 0.99):
+        super().__init__()
+        self.decay = decay
+        self.register_buffer("embed", torch.randn(k, dim) * 0.1)
+        self.register_buffer("count", torch.ones(k))
+        self.register_buffer("total", self.embed.clone())
+
+    def codes(self, z: torch.Tensor) -> torch.Tensor:
+        flat = z.reshape(-1, z.shape[-1])
+        dist = (self.embed**2).sum(-1)[None] - 2 * flat @ self.embed.T
+        return dist.argmin(-1).reshape(z.shape[:-1])
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.codes(z)
+        if self.training:
+            with torch.no_grad():
+                flat = z.reshape(-1, z.shape[-1])
+                onehot = F.one_hot(c.reshape(-1), self.embed.shape[0]).type(flat.dtype)
+                self.count.mul_(self.decay).add_(onehot.sum(0), alpha=1 - self.decay)
+                self.total.mul_(self.decay).add_(onehot.T @ flat, alpha=1 - self.decay)
+                self.embed.copy_(self.total / self.count.clamp_min(1e-5)[:, None])
+                dead = self.count < 1e-3
+                if dead.any():
+                    pick = flat[torch.randint(len(flat), (int(dead.sum()),))]
+                    self.embed[dead], self.total[dead], self.count[dead] = pick, pick, 1.0
+        q = self.embed[c]
+        return c, z + (q - z).detach()  # straight-through gradient to the encoder
+
+
+class Stage1(nn.Module):
+    def __init__(
+        self, n_mels: int, n_phones: int, k: int = 1024, dim: int = 64, width: int = 256, cond: bool = False
+    ):
+        super().__init__()
+        # the utterance's mean frame (what the voice prompt tells the NAR), as a decoder bias
+        self.cond = nn.Linear(n_mels, dim) if cond else None
+        self.enc = ConvStack(n_mels, dim, width, 5, (1, 2, 4, 1))
+        self.vq = EMAQuantiser(k, dim)
+        self.dec = ConvStack(dim, n_mels, width, 5, (1, 2, 4, 8, 1, 1))
+        self.phone_q = nn.Linear(dim, n_phones)  # a code alone must name its phone
+        self.phone_z = nn.Linear(dim, n_phones)
+
+    def forward(self, x: torch.Tensor, voice: torch.Tensor | None = None):
+        """``x [B, T, n_mels]`` mean-normalised; ``voice [B, n_mels]`` the mean frame minus the corpus's."""
+        z = self.enc(x)
+        c, q = self.vq(z)
+        h = q if self.cond is None else q + self.cond(voice)[:, None]
+        return z, c, q, self.dec(h)
+
+
+def load_set(utts, frontend, n_phones_inventory: dict[str, int] | None, noisy: bool, rng):
+    """Mean-normalised log-mels (and frame phone labels where known) of ``utts``."""
+    from valle.codec.melvq import augment_level_and_noise
+
+    hop_s = frontend.cfg.hop_length / frontend.cfg.sample_rate
+    out = []
+    for u in utts:
+        wav, _ = load_audio(u.audio, 24000)
+        if noisy:
+            wav = augment_level_and_noise(wav, rng)
+        with torch.inference_mode():
+            m = frontend.analyse(torch.from_numpy(wav))
+        labels = None
+        if n_phones_inventory is not None:
+            labels = torch.from_numpy(frame_labels(read_phones(u.audio), len(m), hop_s, n_phones_inventory))
+        out.append((m, labels))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corpus", type=Path, default=REPO / "data" / "corpus_phones")
+    ap.add_argument("--heldout", type=Path, default=REPO / "data" / "heldout_piper" / "manifest.jsonl")
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--phone-weight", type=float, default=1.0, help="a (0 = plain VQ-VAE)")
+    ap.add_argument("--voice-cond", action="store_true", help="decoder also sees the utterance's mean frame")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--frames", type=int, default=150, help="crop length (75 Hz frames)")
+    ap.add_argument("--n", type=int, default=20, help="evaluation utterances per set")
+    ap.add_argument("--name", default="codec_stage1_phones")
+    ap.add_argument("--save", type=Path, help="write the trained stage 1 (safetensors) here")
+    ap.add_argument("--load", type=Path, help="evaluate a stage 1 saved by --save instead of training")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+
+    codec = load_codec("contentvq_24khz")
+    frontend = codec.frontend
+    utts = [u for u in read_manifest(args.corpus / "manifest.jsonl") if u.extra.get("split") == "train"]
+    segs = {u.id: read_phones(u.audio) for u in utts}
+    labels = sorted({lab for s in segs.values() for lab, _, _ in s} | {SILENCE})
+    inventory = {lab: i for i, lab in enumerate(labels)}
+    started = time.monotonic()
+    data = load_set(utts, frontend, inventory, False, rng) + load_set(utts, frontend, inventory, True, rng)
+    mean_frame = torch.cat([m for m, _ in data[: len(utts)]]).mean(0)  # corpus-wide, clean copies
+    print(
+        f"{len(utts)} utterances x2, {len(labels)} phone labels, loaded in {time.monotonic() - started:.0f} s"
+    )
+
+    model = Stage1(frontend.cfg.n_mels, len(labels), cond=args.voice_cond)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    warmup = min(100, args.steps // 10 + 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, cosine decay
+        opt,
+        lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * min(s, args.steps) / args.steps)),
+    )
+    long_enough = [d for d in data if len(d[0]) > args.frames]
+    started = time.monotonic()
+    if args.load:
+        from safetensors.torch import load_file
+
+        state = load_file(str(args.load))
+        mean_frame = state.pop("mean_frame")
+        model.load_state_dict(state)
+    for step in range(1, 0 if args.load else args.steps + 1):
+        xs, ys, vs = [], [], []
+        for i in rng.integers(len(long_enough), size=args.batch):
+            m, lab = long_enough[i]
+            s = rng.integers(len(m) - args.frames)
+            xs.append(m[s : s + args.frames] - m.mean(0))
+            ys.append(lab[s : s + args.frames])
+            vs.append(m.mean(0) - mean_frame)
+        x, y = torch.stack(xs), torch.stack(ys)
+        z, _, q, xh = model(x, torch.stack(vs))
+        recon = F.l1_loss(xh, x)
+        ce_q = F.cross_entropy(model.phone_q(q).reshape(-1, len(labels)), y.reshape(-1))
+        ce_z = F.cross_entropy(model.phone_z(z).reshape(-1, len(labels)), y.reshape(-1))
+        commit = F.mse_loss(z, q.detach())
+        loss = recon + args.phone_weight * (ce_q + 0.5 * ce_z) + 0.25 * commit
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == args.steps:
+            acc = (model.phone_q(q).argmax(-1) == y).float().mean()
+            used = int((model.vq.count > 0.01).sum())
+            print(
+                f"step {step} l1 {recon.item():.4f} ce_q {ce_q.item():.3f} ce_z {ce_z.item():.3f} "
+                f"acc_q {acc.item():.3f} codes {used} {time.monotonic() - started:.0f} s",
+                flush=True,
+            )
+    train_s = time.monotonic() - started
+    if args.load:  # keep the training time the run that saved the model reported
+        old = REPO / "benchmarks" / "results" / f"{args.name}.json"
+        train_s = json.loads(old.read_text())["train_minutes"] * 60 if old.is_file() else float("nan")
+    model.eval()
+    if args.save:
+        from safetensors.torch import save_file
+
+        save_file({**model.state_dict(), "mean_frame": mean_frame}, str(args.save))
+
+    def decode(m: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            _, _, _, xh = model((m - m.mean(0))[None], (m.mean(0) - mean_frame)[None])
+        return xh[0] + (m.mean(0) if args.voice_cond else mean_frame)
+
+    piper_train = [u for u in utts if u.extra.get("engine") == "piper"]
+    sets = {
+        "piper": read_manifest(args.heldout)[::2][: args.n],
+        "real": read_manifest(REAL)[: args.n],
+        # training utterances: how far the decoder path falls short where the codes are right
+        "piper_train": piper_train[:: max(1, len(piper_train) // args.n)][: args.n],
+    }
+    asr = FasterWhisperASR()
+    figures: dict = {
+        "steps": args.steps,
+        "phone_weight": args.phone_weight,
+        "train_minutes": round(train_s / 60, 1),
+    }
+    for name, test in sets.items():
+        refs, hyps = [], []
+        for u in test:
+            wav, sr = load_audio(u.audio, 24000)
+            m = frontend.analyse(torch.from_numpy(wav))
+            refs.append(u.text)
+            hyps.append(asr.transcribe(frontend.synthesise(decode(m)).numpy(), sr).text)
+        figures[f"{name}_n"] = len(refs)
+        figures[f"{name}_wer_stage1"] = round(100 * word_error_rate(refs, hyps).wer, 2)
+        if name == "piper_train":
+            raw = [asr.transcribe(frontend.synthesise(frontend.analyse(torch.from_numpy(
+                load_audio(u.audio, 24000)[0]))).numpy(), 24000).text for u in test]  # fmt: skip
+            figures["piper_train_wer_griffin_lim"] = round(100 * word_error_rate(refs, raw).wer, 2)
+        print(name, figures[f"{name}_wer_stage1"], flush=True)
+    path = write_result(
+        args.name,
+        figures,
+        data=f"trained on the train split of {args.corpus} (clean + one noisy copy); evaluated on "
+        f"{args.n} of {args.heldout} (every other row), the first {args.n} of {REAL} and {args.n} Piper "
+        "training utterances; Whisper tiny.en (faster-whisper int8); decoded with "
+        + ("the utterance's true mean frame" if args.voice_cond else "the corpus-wide mean frame"),
+    )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
