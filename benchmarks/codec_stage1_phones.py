@@ -125,8 +125,9 @@ class Stage1(nn.Module):
         return z, c, q, self.dec(h)
 
 
-def load_set(utts, frontend, n_phones_inventory: dict[str, int] | None, noisy: bool, rng):
-    """Mean-normalised log-mels (and frame phone labels where known) of ``utts``."""
+def load_set(utts, segs: dict, frontend, inventory: dict[str, int], noisy: bool, rng):
+    """``[(log-mel [T, n_mels], phone index per frame [T])]`` of ``utts`` (``segs``: id -> phone
+    segments), each waveform given a random gain and noise first when ``noisy``."""
     from valle.codec.melvq import augment_level_and_noise
 
     hop_s = frontend.cfg.hop_length / frontend.cfg.sample_rate
@@ -137,10 +138,7 @@ def load_set(utts, frontend, n_phones_inventory: dict[str, int] | None, noisy: b
             wav = augment_level_and_noise(wav, rng)
         with torch.inference_mode():
             m = frontend.analyse(torch.from_numpy(wav))
-        labels = None
-        if n_phones_inventory is not None:
-            labels = torch.from_numpy(frame_labels(read_phones(u.audio), len(m), hop_s, n_phones_inventory))
-        out.append((m, labels))
+        out.append((m, torch.from_numpy(frame_labels(segs[u.id], len(m), hop_s, inventory))))
     return out
 
 
@@ -176,7 +174,10 @@ def main() -> None:
     labels = sorted({lab for s in segs.values() for lab, _, _ in s} | {SILENCE})
     inventory = {lab: i for i, lab in enumerate(labels)}
     started = time.monotonic()
-    data = load_set(utts, frontend, inventory, False, rng) + load_set(utts, frontend, inventory, True, rng)
+    data = [
+        *load_set(utts, segs, frontend, inventory, False, rng),
+        *load_set(utts, segs, frontend, inventory, True, rng),
+    ]
     mean_frame = torch.cat([m for m, _ in data[: len(utts)]]).mean(0)  # corpus-wide, clean copies
     print(
         f"{len(utts)} utterances x2, {len(labels)} phone labels, loaded in {time.monotonic() - started:.0f} s"
