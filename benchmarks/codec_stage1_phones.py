@@ -18,12 +18,16 @@ gives the decoder the utterance's mean frame (what a voice prompt tells VALL-E's
 between Whisper tiny.en's encoder states (every block; ``whisper_encoder.py``, the bundled weights
 in torch) of the decode and of the input, so the decoder is trained on what the recogniser hears
 rather than on spectral error alone. Evaluation as in ``codec_stage1.py`` (20 held-out Piper and
-20 real utterances, the codec's Griffin-Lim, Whisper tiny.en), plus 20 Piper training utterances,
-where the codes are as right as they get: what the decoder path loses by itself.
+20 real utterances, the codec's Griffin-Lim, Whisper tiny.en; STOI against the original too, which
+owes nothing to Whisper), plus 20 Piper training utterances, where the codes are as right as they
+get: what the decoder path loses by itself.
 
     valle corpus --out data/corpus_phones          # a corpus with phoneme timing
     python benchmarks/codec_stage1_phones.py --steps 3000 --save stage1.safetensors
     python benchmarks/codec_stage1_phones.py --steps 2000 --voice-cond --name codec_stage1_phones_voice
+    python benchmarks/codec_stage1_phones.py --phone-weight 0 --whisper-weight 1 --steps 1500 \
+        --name codec_stage1_whisper_loss                 # the best stage 1 so far
+    python benchmarks/codec_stage1_phones.py --phone-weight 0 --steps 1500 --name codec_stage1_l1_1500
     python benchmarks/codec_stage1_phones.py --load stage1.safetensors   # evaluate a saved one again
 """
 
