@@ -199,7 +199,7 @@ def main() -> None:
     if state is not None:
         model.load_state_dict(state)
     checks: dict = {}
-    if args.whisper_weight > 0 and not args.load:
+    if args.whisper_weight > 0:  # checked on --load too, so every results file carries the check
         from whisper_encoder import fit_mel_map, load_tiny_en, max_diff_vs_ctranslate2, whisper_features
 
         encoder = load_tiny_en()
@@ -207,7 +207,8 @@ def main() -> None:
         checks["whisper_encoder_max_abs_diff_vs_ctranslate2"] = diff
         if diff > 1e-2:  # states are O(1); float32 kernels differ in the last bits
             raise SystemExit(f"the torch Whisper encoder differs from CTranslate2's by {diff}")
-        mel_map = fit_mel_map(frontend, [u.audio for u in utts[::17]])
+        if not args.load:
+            mel_map = fit_mel_map(frontend, [u.audio for u in utts[::17]])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
     warmup = min(100, args.steps // 10 + 1)
     sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, cosine decay
@@ -282,29 +283,23 @@ def main() -> None:
         **checks,
     }
     for name, test in sets.items():
-        refs, hyps, stois = [], [], []
+        # training utterances also go through Griffin-Lim of their true log-mel: the path's ceiling
+        ways = {"stage1": decode, "griffin_lim": lambda m: m} if name == "piper_train" else {"stage1": decode}
+        refs, hyps, stois = [], {w: [] for w in ways}, {w: [] for w in ways}
         for u in test:
             wav, sr = load_audio(u.audio, 24000)
             m = frontend.analyse(torch.from_numpy(wav))
-            out = frontend.synthesise(decode(m)).numpy()
             refs.append(u.text)
-            hyps.append(asr.transcribe(out, sr).text)
-            n = min(len(wav), len(out))
-            stois.append(stoi(wav[:n], out[:n], sr, extended=False))
-        figures[f"{name}_n"] = len(refs)
-        figures[f"{name}_wer_stage1"] = round(100 * word_error_rate(refs, hyps).wer, 2)
-        # an intelligibility proxy that owes nothing to Whisper (the --whisper-weight loss uses its encoder)
-        figures[f"{name}_stoi_stage1"] = round(float(np.mean(stois)), 4)
-        if name == "piper_train":  # the ceiling: Griffin-Lim of the true log-mel
-            raw, raw_stoi = [], []
-            for u in test:
-                wav, sr = load_audio(u.audio, 24000)
-                out = frontend.synthesise(frontend.analyse(torch.from_numpy(wav))).numpy()
-                raw.append(asr.transcribe(out, sr).text)
+            for way, f in ways.items():
+                out = frontend.synthesise(f(m)).numpy()
+                hyps[way].append(asr.transcribe(out, sr).text)
                 n = min(len(wav), len(out))
-                raw_stoi.append(stoi(wav[:n], out[:n], sr, extended=False))
-            figures["piper_train_wer_griffin_lim"] = round(100 * word_error_rate(refs, raw).wer, 2)
-            figures["piper_train_stoi_griffin_lim"] = round(float(np.mean(raw_stoi)), 4)
+                stois[way].append(stoi(wav[:n], out[:n], sr, extended=False))
+        figures[f"{name}_n"] = len(refs)
+        for way in ways:
+            figures[f"{name}_wer_{way}"] = round(100 * word_error_rate(refs, hyps[way]).wer, 2)
+            # STOI owes nothing to Whisper (whose encoder the --whisper-weight loss uses)
+            figures[f"{name}_stoi_{way}"] = round(float(np.mean(stois[way])), 4)
         print(name, figures[f"{name}_wer_stage1"], flush=True)
     path = write_result(
         args.name,
