@@ -49,64 +49,12 @@ from evaluation.scorers.asr import FasterWhisperASR
 from evaluation.scorers.wer import word_error_rate
 from valle.audio import load_audio
 from valle.codec import load_codec
+from valle.codec.vqvae import ConvStack, EMAQuantiser
 from valle.corpus.phones import SILENCE, frame_labels, read_phones
 from valle.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "data" / "real_speech" / "manifest.jsonl"
-
-
-class ConvStack(nn.Module):
-    """``[B, T, d_in] -> [B, T, d_out]``: a 1-D conv in, residual dilated conv blocks, a 1x1 out."""
-
-    def __init__(self, d_in: int, d_out: int, width: int, kernel: int, dilations: tuple[int, ...]):
-        super().__init__()
-        self.inp = nn.Conv1d(d_in, width, kernel, padding=kernel // 2)
-        self.blocks = nn.ModuleList(
-            nn.Sequential(nn.GELU(), nn.Conv1d(width, width, kernel, padding=d * (kernel // 2), dilation=d))
-            for d in dilations
-        )
-        self.norm = nn.GroupNorm(1, width)
-        self.out = nn.Conv1d(width, d_out, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.inp(x.transpose(1, 2))
-        for block in self.blocks:
-            h = h + block(h)
-        return self.out(F.gelu(self.norm(h))).transpose(1, 2)
-
-
-class EMAQuantiser(nn.Module):
-    """Nearest-entry VQ whose entries follow the mean of their assigned vectors (van den Oord et
-    al., 2017, appendix), with unused entries restarted on random encoder outputs."""
-
-    def __init__(self, k: int, dim: int, decay: float = 0.99):
-        super().__init__()
-        self.decay = decay
-        self.register_buffer("embed", torch.randn(k, dim) * 0.1)
-        self.register_buffer("count", torch.ones(k))
-        self.register_buffer("total", self.embed.clone())
-
-    def codes(self, z: torch.Tensor) -> torch.Tensor:
-        flat = z.reshape(-1, z.shape[-1])
-        dist = (self.embed**2).sum(-1)[None] - 2 * flat @ self.embed.T
-        return dist.argmin(-1).reshape(z.shape[:-1])
-
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        c = self.codes(z)
-        if self.training:
-            with torch.no_grad():
-                flat = z.reshape(-1, z.shape[-1])
-                onehot = F.one_hot(c.reshape(-1), self.embed.shape[0]).type(flat.dtype)
-                self.count.mul_(self.decay).add_(onehot.sum(0), alpha=1 - self.decay)
-                self.total.mul_(self.decay).add_(onehot.T @ flat, alpha=1 - self.decay)
-                self.embed.copy_(self.total / self.count.clamp_min(1e-5)[:, None])
-                dead = self.count < 1e-3
-                if dead.any():
-                    pick = flat[torch.randint(len(flat), (int(dead.sum()),))]
-                    self.embed[dead], self.total[dead], self.count[dead] = pick, pick, 1.0
-        q = self.embed[c]
-        return c, z + (q - z).detach()  # straight-through gradient to the encoder
 
 
 class Stage1(nn.Module):

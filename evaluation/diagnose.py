@@ -43,6 +43,9 @@ from valle.model import VALLE, lengths_to_mask
 from valle.phonemes import Phonemizer, text_to_ids
 
 PROMPT_FRACTION, PROMPT_MAX_FRAMES = 1 / 3, 225  # NAR prefix prompt for the per-stage statistics
+# the gated NAR fill keeps a code only if the NAR gives it at least this probability: fixed before
+# any measurement ("more likely than not"), never tuned on the held-out sets
+GATE_CONFIDENCE = 0.5
 
 
 @dataclass
@@ -74,9 +77,16 @@ def encode_examples(
 # --- (1) codec oracle ----------------------------------------------------------------------------
 
 
-def nar_fill(ckpt: Checkpoint, target: Example, prompt: Example) -> torch.Tensor:
+def nar_fill(
+    ckpt: Checkpoint,
+    target: Example,
+    prompt: Example,
+    fallback: torch.Tensor | None = None,
+    min_confidence: float = 0.0,
+) -> torch.Tensor:
     """Codebooks 2..8 of ``target`` predicted by the NAR from its ground-truth codebook 1, the text
-    (prompt text, word boundary, target text) and ``prompt``'s 8 codebooks. Returns ``[T, Q]``."""
+    (prompt text, word boundary, target text) and ``prompt``'s 8 codebooks. Returns ``[T, Q]``.
+    With ``min_confidence``, codes the NAR is less sure of are ``fallback`` (see ``nar_generate``)."""
     text = torch.tensor([[*prompt.phonemes, ckpt.symbols.word_id, *target.phonemes]])
     return nar_generate(
         ckpt.model.nar,
@@ -85,6 +95,8 @@ def nar_fill(ckpt: Checkpoint, target: Example, prompt: Example) -> torch.Tensor
         prompt.codes[None],
         torch.tensor([len(prompt.codes)]),
         [target.codes[:, 0]],
+        fallback=fallback,
+        min_confidence=min_confidence,
     )[0]
 
 
@@ -103,16 +115,17 @@ def codec_oracle(
 ) -> dict[str, float]:
     """WER (%) of each decoding condition over ``examples`` (see the module docstring).
 
-    Keys: ``raw``, ``all``, ``cb1_nar`` and ``cb1_nar2`` (only with ``ckpt``: NAR-filled codebooks
-    2..8, or only codebook 2 with the rest neutral; items without another utterance of their speaker
-    are left out of every condition then), ``cb1_neutral``, ``first_{q}``.
+    Keys: ``raw``, ``all``, ``cb1_nar``, ``cb1_nar2`` and ``cb1_nar_gated`` (only with ``ckpt``:
+    NAR-filled codebooks 2..8; only codebook 2 with the rest neutral; 2..8 with every code the NAR
+    gives less than ``GATE_CONFIDENCE`` probability left neutral. Items without another utterance
+    of their speaker are left out of every condition then), ``cb1_neutral``, ``first_{q}``.
     """
     neutral = codec.neutral_codes()
     refs: list[str] = []
     hyps: dict[str, list[str]] = {"raw": [], "all": [], "cb1_neutral": []}
     hyps.update({f"first_{q}": [] for q in prefixes})
     if ckpt is not None:
-        hyps["cb1_nar"], hyps["cb1_nar2"] = [], []
+        hyps["cb1_nar"], hyps["cb1_nar2"], hyps["cb1_nar_gated"] = [], [], []
 
     def heard(codes: torch.Tensor) -> str:
         wav, sr = codec.decode(codes)
@@ -134,6 +147,8 @@ def codec_oracle(
             hyps["cb1_nar"].append(heard(filled))
             filled[:, 2:] = neutral[2:]
             hyps["cb1_nar2"].append(heard(filled))
+            gated = nar_fill(ckpt, ex, prompt, fallback=neutral, min_confidence=GATE_CONFIDENCE)
+            hyps["cb1_nar_gated"].append(heard(gated))
     if not refs:
         raise ValueError("codec_oracle: no usable example (the NAR fill needs two utterances per speaker)")
     return {k: round(100 * word_error_rate(refs, h).wer, 2) for k, h in hyps.items()} | {"n": len(refs)}

@@ -16,6 +16,14 @@ from valle.codec.contentvq import DEFAULT_ASSET as CONTENTVQ_ASSET
 from valle.codec.contentvq import ContentVQCodec, ContentVQConfig, fit_contentvq
 from valle.codec.encodec import EncodecCodec, build_encodec_24khz
 from valle.codec.melvq import DEFAULT_ASSET, MelVQCodec, MelVQConfig, fit_melvq, rvq_decode, rvq_encode
+from valle.codec.vqvae import DEFAULT_ASSET as VQVAE_ASSET
+from valle.codec.vqvae import (
+    ContentAutoencoder,
+    VQVAECodec,
+    VQVAEConfig,
+    fit_vqvae,
+    read_stage1,
+)
 
 
 @pytest.fixture(scope="module")
@@ -294,3 +302,81 @@ def test_melvq_checkpoints_refuse_contentvq(contentvq, melvq):
     # codes from one offline codec mean nothing to the other: a checkpoint's card pins its codec
     with pytest.raises(CodecError, match="made with codec 'melvq_24khz'"):
         contentvq.card.check_compatible(melvq.card)
+
+
+# --- vqvae_24khz: a learned codebook 1, one voice code per utterance --------------------------------
+
+
+@pytest.fixture(scope="module")
+def vqvae() -> VQVAECodec:
+    return load_codec("vqvae_24khz")
+
+
+def test_vqvae_has_encodec_shape_and_a_pinned_card(vqvae, contentvq):
+    card = vqvae.card
+    assert card.name == "vqvae_24khz" and card.weights_sha256 == sha256_file(VQVAE_ASSET)
+    assert (card.sample_rate, card.frame_rate, card.n_codebooks, card.codebook_size) == (24000, 75.0, 8, 1024)
+    with pytest.raises(CodecError, match="made with codec 'contentvq_24khz'"):
+        vqvae.card.check_compatible(contentvq.card)
+
+
+def test_vqvae_round_trip_is_deterministic_and_every_stage_refines(vqvae, piper_clip):
+    wav, sr = piper_clip
+    codes = vqvae.encode(wav, sr)
+    assert codes.shape == (-(-len(wav) // 320), 8)
+    np.testing.assert_array_equal(codes, vqvae.encode(wav, sr))
+    out, _ = vqvae.decode(codes)
+    np.testing.assert_array_equal(out, vqvae.decode(codes)[0])
+    # codebook 2 is one voice code for the whole utterance: a NAR reads it off the prompt
+    assert codes[:, 1].unique().numel() == 1
+    x = vqvae.frontend.analyse(torch.from_numpy(wav))
+    neutral = vqvae.neutral_codes()
+    errs = []
+    for q in (1, 2, 4, 8):
+        partial = codes.clone()
+        partial[:, q:] = neutral[q:]
+        errs.append((x - vqvae.reconstruct(partial)).pow(2).mean().item())
+    assert errs[0] > errs[1] > errs[2] > errs[3], errs
+
+
+def test_vqvae_codebook_1_ignores_level_and_codebook_2_follows_it(vqvae, piper_clip):
+    wav, sr = piper_clip
+    loud, quiet = vqvae.encode(wav, sr), vqvae.encode(wav * 10 ** (-12 / 20), sr)
+    assert (loud[:, 0] == quiet[:, 0]).float().mean().item() > 0.9
+    # the level lives in codebook 2: the two voice entries differ by about the gain in log-mel
+    # (-12 dB = -1.38 natural-log units in every band)
+    shift = (vqvae.voice_codebook[quiet[0, 1]] - vqvae.voice_codebook[loud[0, 1]]).mean().item()
+    assert -1.9 < shift < -0.9, shift
+
+
+def test_vqvae_fit_save_load_and_refusals(tmp_path):
+    # a randomly initialised stage 1 tests the fitting and file paths only (no figure is measured)
+    cfg = VQVAEConfig(mel=MelVQConfig(codebook_size=16), dim=8, width=16)
+    torch.manual_seed(0)
+    network = {
+        k: v for k, v in ContentAutoencoder(cfg).state_dict().items() if k not in ("vq.count", "vq.total")
+    }
+    # 8 tones of 4.5 s: each gives its own offset and 3 crops of 1-4 s, 32 offsets for 16 entries
+    wavs = [tone(4.5, freq=90.0 + 25 * i) * np.linspace(0.2, 1.0, 108000, dtype=np.float32) for i in range(8)]
+    codec = fit_vqvae(wavs, network, torch.zeros(100), cfg, kmeans_iters=3, progress=False)
+    path = codec.save(tmp_path / "vqvae.safetensors")
+    loaded = VQVAECodec.load(path)
+    assert loaded.card.weights_sha256 == sha256_file(path) and loaded.cfg == cfg
+    codes = loaded.encode(wavs[0], 24000)
+    assert codes.shape[1] == 8 and int(codes.max()) < 16
+    with pytest.raises(CodecError, match="expected format valle-vqvae"):
+        VQVAECodec.load(CONTENTVQ_ASSET)
+    with pytest.raises(CodecError, match="too little data"):
+        fit_vqvae(wavs[:2], network, torch.zeros(100), cfg, progress=False)
+    # a stage 1 saved by the training script: heads are dropped, voice conditioning refused
+    save_file(
+        {**network, "mean_frame": torch.zeros(100), "phone_q.weight": torch.zeros(3, 8)}, str(tmp_path / "s1")
+    )
+    got, mean = read_stage1(tmp_path / "s1", cfg)
+    assert set(got) == set(network) and mean.shape == (100,)
+    save_file({**network, "cond.weight": torch.zeros(8, 100)}, str(tmp_path / "s1c"))
+    with pytest.raises(CodecError, match="--voice-cond"):
+        read_stage1(tmp_path / "s1c", cfg)
+    save_file(network, str(tmp_path / "s1m"))
+    with pytest.raises(CodecError, match="no mean_frame"):
+        read_stage1(tmp_path / "s1m", cfg)

@@ -323,6 +323,25 @@ def test_nar_fills_codebooks_greedily_and_drops_the_prompt(model):
     assert torch.equal(alone, out[2])
 
 
+def test_nar_gate_leaves_unsure_codes_neutral(model):
+    # an untrained NAR gives every code ~1/1024: at a 0.5 gate every stage falls back; at a gate
+    # below every probability the fill is the plain greedy one
+    texts, prompts, _ = _requests()
+    text, tl, _, pl = _ar_inputs((texts, prompts, None))
+    prompt_codes = torch.nn.utils.rnn.pad_sequence(prompts, batch_first=True)
+    codes1 = [torch.randint(0, 1024, (n,), generator=torch.Generator().manual_seed(n)) for n in (20, 25, 15)]
+    fallback = torch.arange(8) + 100
+    args = (model.nar, text, tl, prompt_codes, pl, codes1)
+    plain = nar_generate(*args)
+    gated = nar_generate(*args, fallback=fallback, min_confidence=0.5)
+    loose = nar_generate(*args, fallback=fallback, min_confidence=1e-9)
+    for p, g, lo, c in zip(plain, gated, loose, codes1, strict=True):
+        assert torch.equal(g[:, 0], c) and torch.equal(g[:, 1:], fallback[1:].expand(len(c), -1))
+        assert torch.equal(lo, p)
+    with pytest.raises(GenerationError, match="min_confidence needs"):
+        nar_generate(*args, min_confidence=0.5)
+
+
 def test_nar_sampling_is_seeded(model):
     texts, prompts, _ = _requests()
     text, tl, _, pl = _ar_inputs((texts, prompts, None))

@@ -345,6 +345,8 @@ def nar_generate(
     sampling: SamplingOptions | None = None,
     generators: Sequence[torch.Generator] | None = None,
     bf16: bool = False,
+    fallback: torch.Tensor | None = None,
+    min_confidence: float = 0.0,
 ) -> list[torch.Tensor]:
     """Fill codebooks 2..8 of each target, one stage per codebook (eq. 3), and drop the prompt.
 
@@ -352,6 +354,11 @@ def nar_generate(
     Stage j reads x, the whole prompt and target codebooks < j. Greedy (argmax) by default; with
     ``greedy=False`` each position is drawn with ``sampling``'s temperature / top-k / top-p.
     Returns B tensors [T_i, Q].
+
+    Not in the paper (off by default): with ``fallback`` (``[Q]``, e.g. ``Codec.neutral_codes()``)
+    and ``min_confidence`` > 0, a greedy code whose probability is below ``min_confidence`` is
+    replaced by ``fallback[stage]``. In a residual quantiser a wrong code adds a whole residual
+    vector of error, while the neutral code adds almost none, so an unsure NAR is better silent.
     """
     cfg = nar.cfg
     device = _device_of(nar)
@@ -369,6 +376,8 @@ def nar_generate(
             )
     if not greedy and (sampling is None or generators is None):
         raise GenerationError("nar_generate: sampling (greedy=False) needs sampling options and generators")
+    if min_confidence > 0 and (fallback is None or not greedy or fallback.shape != (Q,)):
+        raise GenerationError(f"nar_generate: min_confidence needs greedy decoding and fallback codes [{Q}]")
     text, text_lens = text.to(device), text_lens.to(device)
     prompt_lens = prompt_lens.to(device)
     target_lens = torch.tensor([len(c) for c in codes1], device=device)
@@ -384,7 +393,9 @@ def nar_generate(
         for stage in range(1, cfg.n_codebooks):
             logits = nar(text, text_lens, codes, total, prompt_lens, stage).float()  # [B, L, K]
             if greedy:
-                pred = logits.argmax(dim=-1)
+                prob, pred = logits.softmax(dim=-1).max(dim=-1)
+                if min_confidence > 0:
+                    pred = torch.where(prob < min_confidence, int(fallback[stage]), pred)
             else:
                 flat = filter_logits(logits[target] / sampling.temperature, sampling.top_k, sampling.top_p)
                 # per item, row-major like logits[target]: item i draws its T_i uniforms itself

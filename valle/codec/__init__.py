@@ -1,9 +1,10 @@
 """Codecs behind one contract (see :mod:`valle.codec.base`), chosen by name.
 
 ``contentvq_24khz`` is the offline default, built for VALL-E's AR/NAR split (codebook 1 carries the
-content); ``melvq_24khz`` is the earlier offline codec, kept so checkpoints trained on it still
-decode; ``encodec_24khz_6kbps`` is the paper's codec (official weights, sha256 checked). The fitted
-tables of both offline codecs ship in the package.
+content); ``vqvae_24khz`` replaces its k-means codebook 1 by a learned one and its codebook 2 by
+one voice code per utterance; ``melvq_24khz`` is the earlier offline codec, kept so checkpoints
+trained on it still decode; ``encodec_24khz_6kbps`` is the paper's codec (official weights, sha256
+checked). The weights of every offline codec ship in the package.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from valle.codec.base import Codec, CodecCard, CodecError
 
-CODECS = ("contentvq_24khz", "melvq_24khz", "encodec_24khz_6kbps")
+CODECS = ("contentvq_24khz", "vqvae_24khz", "melvq_24khz", "encodec_24khz_6kbps")
 DEFAULT_CODEC = "contentvq_24khz"
 
 
@@ -23,10 +24,13 @@ def load_codec(
     device: str = "cpu",
 ) -> Codec:
     """Build a codec by name. ``weights`` overrides the default file; ``sha256`` the expected hash."""
-    if name in ("contentvq_24khz", "melvq_24khz"):
+    if name in ("contentvq_24khz", "vqvae_24khz", "melvq_24khz"):
         if name == "melvq_24khz":
             from valle.codec.melvq import DEFAULT_ASSET
             from valle.codec.melvq import MelVQCodec as cls
+        elif name == "vqvae_24khz":
+            from valle.codec.vqvae import DEFAULT_ASSET
+            from valle.codec.vqvae import VQVAECodec as cls
         else:
             from valle.codec.contentvq import DEFAULT_ASSET
             from valle.codec.contentvq import ContentVQCodec as cls

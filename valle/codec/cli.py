@@ -7,6 +7,7 @@ import contextlib
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 from valle.codec import CODECS, DEFAULT_CODEC, load_codec
@@ -17,8 +18,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "codec",
         help="fit the offline codec, round-trip audio through a codec, show a codec card",
-        description="Codec tools. The offline codecs (contentvq_24khz, melvq_24khz) keep EnCodec's "
-        "shape: 24 kHz, 75 Hz, 8 codebooks x 1024.",
+        description="Codec tools. The offline codecs (contentvq_24khz, vqvae_24khz, melvq_24khz) keep "
+        "EnCodec's shape: 24 kHz, 75 Hz, 8 codebooks x 1024.",
         epilog="examples:\n"
         "  valle codec fit --manifest data/corpus/manifest.jsonl --out my_codebooks.safetensors\n"
         "  valle codec roundtrip in.wav out.wav --codec contentvq_24khz\n"
@@ -28,7 +29,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="codec_command", required=True)
 
     fit = sub.add_parser("fit", help="fit an offline codec's tables by k-means on a manifest's audio")
-    fit.add_argument("--codec", choices=("contentvq_24khz", "melvq_24khz"), default="contentvq_24khz")
+    fit.add_argument(
+        "--codec", choices=("contentvq_24khz", "vqvae_24khz", "melvq_24khz"), default="contentvq_24khz"
+    )
+    fit.add_argument(
+        "--stage1",
+        type=Path,
+        help="vqvae_24khz: the trained stage 1 (benchmarks/codec_stage1_phones.py --save); "
+        "the fit adds stages 2..8 around it",
+    )
     fit.add_argument("--manifest", type=Path, required=True, help="JSONL manifest of training audio")
     fit.add_argument("--out", type=Path, required=True, help="output .safetensors file")
     fit.add_argument("--max-frames", type=int, default=80_000, help="frames sampled for k-means")
@@ -66,12 +75,21 @@ def run_fit(args: argparse.Namespace) -> int:
     from valle.audio import load_audio
     from valle.codec.contentvq import ContentVQCodec, fit_contentvq
     from valle.codec.melvq import MelVQCodec, fit_melvq
+    from valle.codec.vqvae import VQVAECodec, VQVAEConfig, fit_vqvae, read_stage1
     from valle.manifest import read_manifest
 
     if args.out.exists() and not args.force:
         raise FileExistsError(f"{args.out} exists; pass --force to overwrite it")
     utts = [u for u in read_manifest(args.manifest) if u.audio is not None][: args.max_utterances]
     fit, cls = (fit_melvq, MelVQCodec) if args.codec == "melvq_24khz" else (fit_contentvq, ContentVQCodec)
+    if args.codec == "vqvae_24khz":
+        if args.stage1 is None:
+            raise SystemExit(
+                "vqvae_24khz needs --stage1 FILE (a stage 1 trained by benchmarks/codec_stage1_phones.py)"
+            )
+        cfg = VQVAEConfig()
+        network, mean_frame = read_stage1(args.stage1, cfg)
+        fit, cls = partial(fit_vqvae, network=network, mean_frame=mean_frame, cfg=cfg), VQVAECodec
     wavs = (load_audio(u.audio, 24_000)[0] for u in utts)
     t0 = time.time()
     codec = fit(
