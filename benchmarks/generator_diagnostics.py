@@ -1,20 +1,29 @@
-"""Generator diagnostics for the old and the new offline codec, side by side.
+"""Generator diagnostics for the three offline codecs, side by side.
 
-Runs ``valle diagnose`` twice on the same held-out data and writes the flat figures to
+Runs ``valle diagnose`` for each codec on the same held-out data and writes the flat figures to
 ``benchmarks/results/generator_diagnostics.json`` (the full reports beside it as
 ``generator_diagnostics.<codec>.json``):
 
 - ``melvq_24khz`` with the committed demo checkpoint (``checkpoints/demo``, 850 steps);
 - ``contentvq_24khz`` with a checkpoint trained on it (``--checkpoint``; e.g. the NAR-only run
   ``valle train --manifest data/corpus/manifest.jsonl --out runs/nar_cvq --preset tiny --parts nar
-  --max-steps 2000``).
+  --max-steps 2000``);
+- ``vqvae_24khz`` with a checkpoint trained on it (``--vqvae-checkpoint``; the same command with
+  ``--codec vqvae_24khz --out runs/nar_vqvae``).
+
+``--codecs`` picks which of them run and ``--name`` the results file, so a codec added later is
+measured on its own, in one run with its own raw-audio baseline (Whisper's int8 kernels differ
+between CPU families, so WER is only compared within one run of one machine).
 
 Held-out data: 5 held-out ARCTIC sentences read by each of the 8 Piper corpus voices (training
 voices, unseen sentences; synthesised here into ``data/heldout_piper``) and every utterance of
 ``../shared/data/real_speech``. H(c_j | c_<j) is estimated from 600 corpus utterances spread over
 all 48 voices.
 
-    python benchmarks/generator_diagnostics.py --checkpoint runs/nar_cvq/last
+    python benchmarks/generator_diagnostics.py --checkpoint runs/nar_cvq/last \
+        --vqvae-checkpoint runs/nar_vqvae/last
+    python benchmarks/generator_diagnostics.py --codecs vqvae_24khz --vqvae-checkpoint runs/nar_vqvae/last \
+        --name generator_diagnostics_vqvae
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from evaluation.cli.main import main as valle
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "data" / "real_speech" / "manifest.jsonl"
 PER_VOICE = 5
+CODECS = ("melvq_24khz", "contentvq_24khz", "vqvae_24khz")
 
 
 def build_heldout_piper(out: Path, seed: int = 1) -> Path:
@@ -89,18 +99,29 @@ def flatten(report: dict, prefix: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint on contentvq_24khz")
+    ap.add_argument("--checkpoint", type=Path, help="a checkpoint on contentvq_24khz")
+    ap.add_argument("--vqvae-checkpoint", type=Path, help="a checkpoint on vqvae_24khz")
     ap.add_argument("--old-checkpoint", type=Path, default=REPO / "checkpoints" / "demo")
     ap.add_argument("--heldout", type=Path, default=REPO / "data" / "heldout_piper")
     ap.add_argument("--train-manifest", type=Path, default=REPO / "data" / "corpus" / "manifest.jsonl")
+    ap.add_argument("--codecs", nargs="+", choices=CODECS, default=list(CODECS))
+    ap.add_argument("--name", default="generator_diagnostics", help="results file name")
     ap.add_argument("--reuse", action="store_true", help="flatten reports already written, do not rerun")
     args = ap.parse_args()
 
     heldout = build_heldout_piper(args.heldout)
     figures = {}
-    for codec, ckpt in (("melvq_24khz", args.old_checkpoint), ("contentvq_24khz", args.checkpoint)):
+    checkpoints = {
+        "melvq_24khz": args.old_checkpoint,
+        "contentvq_24khz": args.checkpoint,
+        "vqvae_24khz": args.vqvae_checkpoint,
+    }
+    for codec in args.codecs:
+        ckpt = checkpoints[codec]
         report = RESULTS / f"generator_diagnostics.{codec}.json"
         entropy = RESULTS / f"generator_diagnostics.{codec}.entropy.json"
+        if ckpt is None and not (args.reuse and report.is_file()):
+            raise SystemExit(f"{codec}: pass its checkpoint (or --reuse with {report} written)")
         runs = {
             # the checkpoint's figures: oracle WER, AR text dependence, NAR per stage
             report: ["--checkpoint", str(ckpt)],
@@ -125,7 +146,7 @@ def main() -> None:
         merged["conditional_entropy_nats"] = json.loads(entropy.read_text())["conditional_entropy_nats"]
         figures.update(flatten(merged, codec.split("_")[0]))
     path = write_result(
-        "generator_diagnostics",
+        args.name,
         figures,
         data=f"{heldout} (8 Piper corpus voices x {PER_VOICE} held-out sentences) and {REAL} (50 real "
         "utterances, 16 speakers); Whisper tiny.en (faster-whisper int8); H(c_j|c_<j) from 600 utterances "

@@ -33,7 +33,7 @@ from pathlib import Path
 from evaluation.audit.profiles import Overrides, Profile, ProfileError, get_profile
 from evaluation.scorers.asr import whisper_cache_dir
 from evaluation.scorers.speaker import CAMPPLUS_CLASS, CAMPPLUS_WEIGHTS, ECAPA_HF_ID
-from valle.codec import CODECS, DEFAULT_CODEC, contentvq, melvq
+from valle.codec import CODECS, DEFAULT_CODEC, contentvq, melvq, vqvae
 from valle.codec.base import sha256_file
 from valle.codec.encodec import CHECKPOINT_SHA256, CHECKPOINT_URL, default_checkpoint_path
 from watermark.audioseal_backend import DETECTOR_CARD, GENERATOR_CARD, cache_candidates, card_config
@@ -223,8 +223,8 @@ def _codec_files(name: str, override: str | Path | None, card_sha: str | None) -
                 "codec", "EnCodec 24 kHz (encodec_24khz_6kbps)", path, CHECKPOINT_SHA256, CHECKPOINT_URL, how
             )
         ]
-    if name in ("contentvq_24khz", "melvq_24khz"):
-        asset = (melvq if name == "melvq_24khz" else contentvq).DEFAULT_ASSET
+    if name in ("contentvq_24khz", "vqvae_24khz", "melvq_24khz"):
+        asset = {"contentvq_24khz": contentvq, "vqvae_24khz": vqvae, "melvq_24khz": melvq}[name].DEFAULT_ASSET
         path = Path(override).expanduser() if override is not None else asset
         note = "" if card_sha else "project asset; a checkpoint's codec card names the hash it needs"
         how = "committed in this repository (valle/codec/assets); or `valle codec fit`, --codec-weights PATH"
