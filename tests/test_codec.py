@@ -171,7 +171,7 @@ def test_codec_cli_roundtrip_and_info(tmp_path, capsys):
     assert np.load(tmp_path / "out.codes.npy").shape == (45, 8)
     capsys.readouterr()
     assert main(["codec", "info"]) == 0
-    assert json.loads(capsys.readouterr().out)["name"] == "contentvq_24khz"
+    assert json.loads(capsys.readouterr().out)["name"] == "vqvae_24khz"
     assert main(["codec", "roundtrip", str(tmp_path / "nope.wav"), str(tmp_path / "x.wav")]) == 2
     assert "file not found" in capsys.readouterr().err
 
@@ -215,8 +215,7 @@ def piper_clip() -> tuple[np.ndarray, int]:
     return load_audio(next(DEMO_AUDIO.glob("piper-*.flac")), 24000)
 
 
-def test_contentvq_is_the_default_with_encodec_shape(contentvq):
-    assert load_codec().card == contentvq.card
+def test_contentvq_has_encodec_shape(contentvq):
     card = contentvq.card
     assert card.name == "contentvq_24khz" and card.weights_sha256 == sha256_file(CONTENTVQ_ASSET)
     assert (card.sample_rate, card.frame_rate, card.n_codebooks, card.codebook_size) == (24000, 75.0, 8, 1024)
@@ -315,7 +314,8 @@ def vqvae() -> VQVAECodec:
     return load_codec("vqvae_24khz")
 
 
-def test_vqvae_has_encodec_shape_and_a_pinned_card(vqvae, contentvq):
+def test_vqvae_is_the_default_with_encodec_shape_and_a_pinned_card(vqvae, contentvq):
+    assert load_codec().card == vqvae.card
     card = vqvae.card
     assert card.name == "vqvae_24khz" and card.weights_sha256 == sha256_file(VQVAE_ASSET)
     assert (card.sample_rate, card.frame_rate, card.n_codebooks, card.codebook_size) == (24000, 75.0, 8, 1024)

@@ -1,10 +1,11 @@
 """Codecs behind one contract (see :mod:`valle.codec.base`), chosen by name.
 
-``contentvq_24khz`` is the offline default, built for VALL-E's AR/NAR split (codebook 1 carries the
-content); ``vqvae_24khz`` replaces its k-means codebook 1 by a learned one and its codebook 2 by
-one voice code per utterance; ``melvq_24khz`` is the earlier offline codec, kept so checkpoints
-trained on it still decode; ``encodec_24khz_6kbps`` is the paper's codec (official weights, sha256
-checked). The weights of every offline codec ship in the package.
+``vqvae_24khz`` is the offline default, built for VALL-E's AR/NAR split: a learned codebook 1 that
+carries the content, one voice code per utterance in codebook 2, residual detail in 3..8;
+``contentvq_24khz`` is its k-means predecessor (codebook 1 from k-means of a content view);
+``melvq_24khz`` is the earlier offline codec, kept so checkpoints trained on it still decode;
+``encodec_24khz_6kbps`` is the paper's codec (official weights, sha256 checked). The weights of
+every offline codec ship in the package.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from valle.codec.base import Codec, CodecCard, CodecError
 
 CODECS = ("contentvq_24khz", "vqvae_24khz", "melvq_24khz", "encodec_24khz_6kbps")
-DEFAULT_CODEC = "contentvq_24khz"
+DEFAULT_CODEC = "vqvae_24khz"
 
 
 def load_codec(
