@@ -393,9 +393,10 @@ def nar_generate(
         for stage in range(1, cfg.n_codebooks):
             logits = nar(text, text_lens, codes, total, prompt_lens, stage).float()  # [B, L, K]
             if greedy:
-                prob, pred = logits.softmax(dim=-1).max(dim=-1)
+                pred = logits.argmax(dim=-1)
                 if min_confidence > 0:
-                    pred = torch.where(prob < min_confidence, int(fallback[stage]), pred)
+                    unsure = logits.softmax(dim=-1).amax(dim=-1) < min_confidence
+                    pred = torch.where(unsure, int(fallback[stage]), pred)
             else:
                 flat = filter_logits(logits[target] / sampling.temperature, sampling.top_k, sampling.top_p)
                 # per item, row-major like logits[target]: item i draws its T_i uniforms itself
