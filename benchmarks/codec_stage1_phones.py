@@ -49,7 +49,7 @@ from evaluation.scorers.asr import FasterWhisperASR
 from evaluation.scorers.wer import word_error_rate
 from valle.audio import load_audio
 from valle.codec import load_codec
-from valle.codec.vqvae import ConvStack, EMAQuantiser
+from valle.codec.vqvae import ContentAutoencoder, VQVAEConfig
 from valle.corpus.phones import SILENCE, frame_labels, read_phones
 from valle.manifest import read_manifest
 
@@ -57,18 +57,18 @@ REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "data" / "real_speech" / "manifest.jsonl"
 
 
-class Stage1(nn.Module):
-    def __init__(
-        self, n_mels: int, n_phones: int, k: int = 1024, dim: int = 64, width: int = 256, cond: bool = False
-    ):
-        super().__init__()
+class Stage1(ContentAutoencoder):
+    """The codec's stage 1 (``vqvae_24khz``'s network) plus the training-only heads: linear phone
+    read-outs of the code and of the unquantised vector, and an optional voice bias for the decoder."""
+
+    def __init__(self, n_phones: int, cfg: VQVAEConfig, cond: bool = False):
+        # made before the network, as this script always did, so seeded runs draw the same weights
+        voice = nn.Linear(cfg.mel.n_mels, cfg.dim) if cond else None
+        super().__init__(cfg)
         # the utterance's mean frame (what the voice prompt tells the NAR), as a decoder bias
-        self.cond = nn.Linear(n_mels, dim) if cond else None
-        self.enc = ConvStack(n_mels, dim, width, 5, (1, 2, 4, 1))
-        self.vq = EMAQuantiser(k, dim)
-        self.dec = ConvStack(dim, n_mels, width, 5, (1, 2, 4, 8, 1, 1))
-        self.phone_q = nn.Linear(dim, n_phones)  # a code alone must name its phone
-        self.phone_z = nn.Linear(dim, n_phones)
+        self.cond = voice
+        self.phone_q = nn.Linear(cfg.dim, n_phones)  # a code alone must name its phone
+        self.phone_z = nn.Linear(cfg.dim, n_phones)
 
     def forward(self, x: torch.Tensor, voice: torch.Tensor | None = None):
         """``x [B, T, n_mels]`` mean-normalised; ``voice [B, n_mels]`` the mean frame minus the corpus's."""
@@ -143,7 +143,7 @@ def main() -> None:
         state = load_file(str(args.load))
         mean_frame = state.pop("mean_frame")
     n_heads = len(labels) if state is None else state["phone_q.weight"].shape[0]
-    model = Stage1(frontend.cfg.n_mels, n_heads, cond=args.voice_cond)
+    model = Stage1(n_heads, VQVAEConfig(mel=frontend.cfg), cond=args.voice_cond)
     if state is not None:
         model.load_state_dict(state)
     checks: dict = {}

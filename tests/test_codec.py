@@ -215,6 +215,18 @@ def piper_clip() -> tuple[np.ndarray, int]:
     return load_audio(next(DEMO_AUDIO.glob("piper-*.flac")), 24000)
 
 
+def prefix_errors(codec, wav: np.ndarray, codes: torch.Tensor) -> list[float]:
+    """Log-mel MSE of decoding the first q ground-truth codebooks (rest neutral), q = 1, 2, 4, 8."""
+    x = codec.frontend.analyse(torch.from_numpy(wav))
+    neutral = codec.neutral_codes()
+    errs = []
+    for q in (1, 2, 4, 8):
+        partial = codes.clone()
+        partial[:, q:] = neutral[q:]
+        errs.append((x - codec.reconstruct(partial)).pow(2).mean().item())
+    return errs
+
+
 def test_contentvq_has_encodec_shape(contentvq):
     card = contentvq.card
     assert card.name == "contentvq_24khz" and card.weights_sha256 == sha256_file(CONTENTVQ_ASSET)
@@ -227,13 +239,7 @@ def test_contentvq_round_trip_is_deterministic_and_all_codebooks_refine(contentv
     assert codes.shape == (-(-len(wav) // 320), 8)
     out, _ = contentvq.decode(codes)
     np.testing.assert_array_equal(out, contentvq.decode(codes)[0])
-    x = contentvq.frontend.analyse(torch.from_numpy(wav))
-    neutral = contentvq.neutral_codes()
-    errs = []
-    for q in (1, 2, 4, 8):
-        partial = codes.clone()
-        partial[:, q:] = neutral[q:]
-        errs.append((x - contentvq.reconstruct(partial)).pow(2).mean().item())
+    errs = prefix_errors(contentvq, wav, codes)
     assert errs[0] > errs[1] > errs[2] > errs[3]
 
 
@@ -332,13 +338,7 @@ def test_vqvae_round_trip_is_deterministic_and_every_stage_refines(vqvae, piper_
     np.testing.assert_array_equal(out, vqvae.decode(codes)[0])
     # codebook 2 is one voice code for the whole utterance: a NAR reads it off the prompt
     assert codes[:, 1].unique().numel() == 1
-    x = vqvae.frontend.analyse(torch.from_numpy(wav))
-    neutral = vqvae.neutral_codes()
-    errs = []
-    for q in (1, 2, 4, 8):
-        partial = codes.clone()
-        partial[:, q:] = neutral[q:]
-        errs.append((x - vqvae.reconstruct(partial)).pow(2).mean().item())
+    errs = prefix_errors(vqvae, wav, codes)
     assert errs[0] > errs[1] > errs[2] > errs[3], errs
 
 

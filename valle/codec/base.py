@@ -84,6 +84,13 @@ def verify_sha256(path: Path, expected: str, where_from: str) -> str:
     return actual
 
 
+def check_shapes(shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]) -> None:
+    """``{table name: (shape found, shape the config says)}``: raise on the first mismatch."""
+    for name, (got, want) in shapes.items():
+        if got != want:
+            raise CodecError(f"{name} has shape {got}, config says {want}")
+
+
 def read_tables(path: Path, fmt: str, version: int, names: tuple[str, ...], hint: str) -> tuple[dict, dict]:
     """Read an offline codec's fitted tables from safetensors (never unpickled).
 

@@ -123,6 +123,18 @@ def rvq_decode(codes: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
     return sum(codebooks[q][codes[:, q]] for q in range(codes.shape[1]))
 
 
+def mel_card(name: str, cfg: MelVQConfig, weights_sha256: str) -> CodecCard:
+    """The card of a codec built on this log-mel framing (every offline codec here)."""
+    return CodecCard(
+        name=name,
+        sample_rate=cfg.sample_rate,
+        frame_rate=cfg.sample_rate / cfg.hop_length,
+        n_codebooks=cfg.n_codebooks,
+        codebook_size=cfg.codebook_size,
+        weights_sha256=weights_sha256,
+    )
+
+
 class MelVQCodec(Codec):
     """The offline codec; weights are the fitted codebooks (a small safetensors file)."""
 
@@ -133,14 +145,7 @@ class MelVQCodec(Codec):
         self.cfg = cfg
         self.codebooks = codebooks.float()
         self.frontend = MelFrontend(cfg)
-        self.card = CodecCard(
-            name="melvq_24khz",
-            sample_rate=cfg.sample_rate,
-            frame_rate=cfg.sample_rate / cfg.hop_length,
-            n_codebooks=cfg.n_codebooks,
-            codebook_size=cfg.codebook_size,
-            weights_sha256=weights_sha256,
-        )
+        self.card = mel_card("melvq_24khz", cfg, weights_sha256)
 
     @classmethod
     def load(cls, path: str | Path = DEFAULT_ASSET) -> MelVQCodec:

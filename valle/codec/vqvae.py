@@ -34,13 +34,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from valle.codec.base import Codec, CodecCard, CodecError, read_tables, sha256_file, write_tables
+from valle.codec.base import Codec, CodecError, check_shapes, read_tables, sha256_file, write_tables
 from valle.codec.contentvq import nearest
 from valle.codec.melvq import (
     MelFrontend,
     MelVQConfig,
     augment_level_and_noise,
     kmeans,
+    mel_card,
     rvq_decode,
     rvq_encode,
 )
@@ -176,9 +177,7 @@ class VQVAECodec(Codec):
                 (m.n_codebooks - 2, m.codebook_size, m.n_mels),
             ),
         }
-        for name, (got, want) in shapes.items():
-            if got != want:
-                raise CodecError(f"{name} has shape {got}, config says {want}")
+        check_shapes(shapes)
         self.cfg = cfg
         self.net = ContentAutoencoder(cfg).eval()
         wanted = network_state(self.net)
@@ -197,14 +196,7 @@ class VQVAECodec(Codec):
         self.voice_codebook = voice_codebook.float()
         self.residual_codebooks = residual_codebooks.float()
         self.frontend = MelFrontend(m)
-        self.card = CodecCard(
-            name=NAME,
-            sample_rate=m.sample_rate,
-            frame_rate=m.sample_rate / m.hop_length,
-            n_codebooks=m.n_codebooks,
-            codebook_size=m.codebook_size,
-            weights_sha256=weights_sha256,
-        )
+        self.card = mel_card(NAME, m, weights_sha256)
 
     # --- files ------------------------------------------------------------------------------
 
