@@ -17,6 +17,13 @@ Three questions, each a function usable on any checkpoint and codec:
   training), next to an estimate of H(c_j | c_<j) from a small classifier over a +-2-frame window of
   the earlier codebooks (trained on training-set codes, scored on held-out codes). The NAR also sees
   the text and the prompt, so it can go below that estimate; far above it, it is under-trained.
+- :func:`ar_generation` -- what a reader hears: codebook 1 *sampled* by the AR in cross-sentence
+  mode (prompt = another utterance of the speaker), decoded with a neutral fill of codebooks 2..8
+  so that only the AR is judged; Whisper WER against the text and the length against the truth.
+
+An AR with the phone pointer (``VALLEConfig.ar_pointer``) is teacher-forced with the phone timing
+of the corpus (``valle.alignment``); examples without a phones file are left out of its
+text-dependence figure, and the mismatched text gets its own timing stretched to the audio's length.
 
 Held-out data are manifests (JSONL, see :mod:`valle.manifest`); nothing here reads a fixed path.
 """
@@ -34,10 +41,12 @@ from torch import nn
 
 from evaluation.scorers.asr import FasterWhisperASR
 from evaluation.scorers.wer import word_error_rate
+from valle.alignment import AlignmentError, token_durations
 from valle.audio import load_audio
 from valle.checkpoint import Checkpoint
 from valle.codec.base import Codec
-from valle.generate import nar_generate
+from valle.corpus.phones import PhonesError, read_phones
+from valle.generate import GenerationOptions, ar_generate, cross_sentence_inputs, max_new_frames, nar_generate
 from valle.manifest import Utterance
 from valle.model import VALLE, lengths_to_mask
 from valle.phonemes import Phonemizer, text_to_ids
@@ -59,18 +68,28 @@ class Example:
     sr: int
     phonemes: list[int]
     codes: torch.Tensor
+    durations: list[int] | None = None  # frames per phoneme, where the corpus has phone timing
 
 
 def encode_examples(
     utts: Sequence[Utterance], codec: Codec, ckpt: Checkpoint | None, phonemizer: Phonemizer | None = None
 ) -> list[Example]:
-    """Load, encode and (with a checkpoint) phonemize utterances with the checkpoint's symbol table."""
+    """Load, encode and (with a checkpoint) phonemize utterances with the checkpoint's symbol table;
+    for an AR with the phone pointer, also read the phone timing where a phones file exists."""
     phonemizer = phonemizer or (Phonemizer() if ckpt is not None else None)
     out = []
     for u in utts:
         wav, sr = load_audio(u.audio, codec.sample_rate)
         ids = text_to_ids(u.text, ckpt.symbols, phonemizer)[0] if ckpt is not None else []
-        out.append(Example(u.id, u.speaker, u.text, wav, sr, ids, codec.encode(wav, sr, name=str(u.audio))))
+        codes = codec.encode(wav, sr, name=str(u.audio))
+        durations = None
+        if ckpt is not None and ckpt.model.cfg.ar_pointer:
+            try:
+                tokens = phonemizer.phonemize(u.text)
+                durations = token_durations(tokens, read_phones(u.audio), len(codes), codec.card.frame_rate)
+            except (PhonesError, AlignmentError):
+                durations = None  # no timing: left out of the pointer AR's teacher-forced figures
+        out.append(Example(u.id, u.speaker, u.text, wav, sr, ids, codes, durations))
     return out
 
 
@@ -157,20 +176,41 @@ def codec_oracle(
 # --- (2) does the AR read the text? ----------------------------------------------------------------
 
 
-def mismatched_text(examples: Sequence[Example], i: int) -> list[int]:
-    """Phonemes of the example whose phoneme count is closest to example i's, with another text."""
+def mismatched_example(examples: Sequence[Example], i: int) -> Example:
+    """The example whose phoneme count is closest to example i's, with another text."""
     others = [e for e in examples if e.text != examples[i].text]
     if not others:
         raise ValueError("ar_text_dependence needs at least two different texts")
     n = len(examples[i].phonemes)
-    return min(others, key=lambda e: (abs(len(e.phonemes) - n), e.id)).phonemes
+    return min(others, key=lambda e: (abs(len(e.phonemes) - n), e.id))
+
+
+def stretch_durations(durations: Sequence[int], n_frames: int) -> list[int]:
+    """Frames per phoneme scaled to sum to ``n_frames`` (each >= 1; needs n_frames >= len)."""
+    edges = np.rint(np.cumsum([0, *durations]) * n_frames / sum(durations)).astype(int)
+    for k in range(1, len(edges) - 1):
+        edges[k] = max(edges[k], edges[k - 1] + 1)
+    for k in range(len(edges) - 2, 0, -1):
+        edges[k] = min(edges[k], edges[k + 1] - 1)
+    return np.diff(edges).tolist()
 
 
 @torch.inference_mode()
-def _ar_nll(model: VALLE, phonemes: list[int], codes1: torch.Tensor) -> tuple[float, int, int]:
-    """Summed AR negative log-likelihood, token count and correct top-1 predictions (teacher forced)."""
+def _ar_nll(
+    model: VALLE, phonemes: list[int], codes1: torch.Tensor, durations: Sequence[int] | None = None
+) -> tuple[float, int, int]:
+    """Summed AR negative log-likelihood, token count and correct top-1 predictions (teacher forced;
+    a pointer AR follows ``durations`` from the first frame, with no prompt)."""
     text = torch.tensor([phonemes])
-    logits, targets = model.ar(text, torch.tensor([len(phonemes)]), codes1[None], torch.tensor([len(codes1)]))
+    lens = torch.tensor([len(phonemes)]), torch.tensor([len(codes1)])
+    if model.cfg.ar_pointer:
+        if durations is None:
+            raise ValueError("an AR with the phone pointer is teacher-forced with phone timing")
+        logits, targets, _, _ = model.ar.forward_pointer(
+            text, lens[0], codes1[None], lens[1], torch.tensor([list(durations)]), torch.tensor([0])
+        )
+    else:
+        logits, targets = model.ar(text, lens[0], codes1[None], lens[1])
     valid = targets != -100
     nll = F.cross_entropy(logits[valid].float(), targets[valid], reduction="sum")
     correct = (logits.argmax(-1)[valid] == targets[valid]).sum()
@@ -180,12 +220,18 @@ def _ar_nll(model: VALLE, phonemes: list[int], codes1: torch.Tensor) -> tuple[fl
 def ar_text_dependence(model: VALLE, examples: Sequence[Example]) -> dict[str, float]:
     """Held-out AR cross-entropy (nats/token) with the right and a mismatched text, and their gap."""
     model.eval()
+    if model.cfg.ar_pointer:  # teacher forcing needs phone timing
+        examples = [e for e in examples if e.durations is not None]
+        if len({e.text for e in examples}) < 2:
+            return {"n": len(examples), "note": "the pointer AR needs phone timing of >= 2 texts"}
     right = wrong = correct = copy = tokens = 0.0
     for i, ex in enumerate(examples):
         c1 = ex.codes[:, 0]
-        nll, n, ok = _ar_nll(model, ex.phonemes, c1)
+        nll, n, ok = _ar_nll(model, ex.phonemes, c1, ex.durations)
         right, tokens, correct = right + nll, tokens + n, correct + ok
-        wrong += _ar_nll(model, mismatched_text(examples, i), c1)[0]
+        other = mismatched_example(examples, i)
+        stretched = None if other.durations is None else stretch_durations(other.durations, len(c1))
+        wrong += _ar_nll(model, other.phonemes, c1, stretched)[0]
         copy += int((c1[1:] == c1[:-1]).sum())
     frames = sum(len(e.codes) - 1 for e in examples)
     return {
@@ -195,6 +241,55 @@ def ar_text_dependence(model: VALLE, examples: Sequence[Example]) -> dict[str, f
         "top1_accuracy": round(correct / tokens, 4),
         "copy_previous_accuracy": round(copy / frames, 4),
         "n": len(examples),
+    }
+
+
+@torch.inference_mode()
+def ar_generation(
+    ckpt: Checkpoint,
+    codec: Codec,
+    targets: Sequence[Example],
+    prompts: Sequence[Example],
+    asr: FasterWhisperASR,
+    options: GenerationOptions | None = None,
+) -> dict[str, float]:
+    """Sample codebook 1 for each target text after its prompt (cross-sentence layout), decode it
+    with codebooks 2..8 neutral, and score it: Whisper WER (%), generated / true length, the share
+    within +-20% of the true length, and the share that stopped at ``max_length``."""
+    options = options or GenerationOptions()
+    model, rate = ckpt.model.eval(), codec.card.frame_rate
+    neutral = codec.neutral_codes()
+    refs, hyps, ratios, capped = [], [], [], 0
+    for i, (target, prompt) in enumerate(zip(targets, prompts, strict=True)):
+        req = cross_sentence_inputs(prompt.phonemes, target.phonemes, prompt.codes, ckpt.symbols.word_id)
+        n_target = len(req.text_ids) - req.prompt_phonemes
+        cap = max_new_frames(len(prompt.codes), req.prompt_phonemes, n_target, options, rate)
+        result = ar_generate(
+            model.ar,
+            torch.tensor([req.text_ids]),
+            torch.tensor([len(req.text_ids)]),
+            prompt.codes[None, :, 0],
+            torch.tensor([len(prompt.codes)]),
+            torch.tensor([cap]),
+            options,
+            rate,
+            generators=[torch.Generator().manual_seed(options.seed + i)],
+            pointer_start=torch.tensor([req.prompt_phonemes]) if model.cfg.ar_pointer else None,
+        )[0]
+        codes = neutral.expand(max(len(result.codes1), 1), -1).clone()
+        codes[: len(result.codes1), 0] = result.codes1
+        wav, sr = codec.decode(codes)
+        refs.append(target.text)
+        hyps.append(asr.transcribe(wav, sr).text)
+        ratios.append(len(result.codes1) / len(target.codes))
+        capped += result.stop_reason == "max_length"
+    r = np.asarray(ratios)
+    return {
+        "wer": round(100 * word_error_rate(refs, hyps).wer, 2),
+        "length_ratio_mean": round(float(r.mean()), 3),
+        "length_within_20pct": round(float((np.abs(r - 1) <= 0.2).mean()), 3),
+        "max_length_rate": round(capped / len(r), 3),
+        "n": len(r),
     }
 
 

@@ -15,7 +15,8 @@ from evaluation.diagnose import (
     codec_oracle,
     conditional_entropy,
     embedding_rms,
-    mismatched_text,
+    mismatched_example,
+    stretch_durations,
 )
 from valle.model import VALLE, make_config
 
@@ -74,9 +75,15 @@ def test_ar_text_dependence_is_zero_for_a_fresh_model_and_positive_once_it_reads
 def test_mismatched_text_has_another_text_of_the_closest_length():
     ex = _examples(3)
     ex[1].phonemes, ex[2].phonemes = ex[1].phonemes[:7], ex[2].phonemes[:4]
-    assert mismatched_text(ex, 0) == ex[1].phonemes
+    assert mismatched_example(ex, 0) is ex[1]
     with pytest.raises(ValueError, match="two different texts"):
-        mismatched_text(ex[:1], 0)
+        mismatched_example(ex[:1], 0)
+
+
+def test_stretched_durations_keep_every_phoneme_and_fill_the_frames():
+    assert stretch_durations([2, 4, 2], 16) == [4, 8, 4]
+    squeezed = stretch_durations([10, 1, 1, 10], 5)
+    assert sum(squeezed) == 5 and min(squeezed) == 1
 
 
 def test_nar_fill_needs_a_second_utterance_of_the_speaker():

@@ -193,8 +193,15 @@ def load_optimizer_state(directory: str | Path) -> dict | None:
     return state
 
 
-def export_checkpoint(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.float16) -> Path:
-    """Copy a training checkpoint for distribution: weights only (no optimizer), at ``dtype``."""
+def export_checkpoint(
+    src: str | Path, dst: str | Path, dtype: torch.dtype = torch.float16, nar_min_confidence: float = 0.0
+) -> Path:
+    """Copy a training checkpoint for distribution: weights only (no optimizer), at ``dtype``.
+
+    ``nar_min_confidence`` > 0 records a generation setting that is not in the paper (the NAR's
+    confidence gate, ``valle.generate.nar_generate``) as this checkpoint's default."""
     ckpt = load_checkpoint(src)
     extra = {**ckpt.extra, "exported_from_sha256": ckpt.weights_sha256, "export_dtype": str(dtype)}
+    if nar_min_confidence > 0:
+        extra["nar"] = {"min_confidence": nar_min_confidence}
     return save_checkpoint(dst, ckpt.model, ckpt.symbols, ckpt.codec, ckpt.step, extra=extra, dtype=dtype)

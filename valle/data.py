@@ -4,7 +4,8 @@
 utterance's audio with the codec once, so training never touches audio. The cache folder holds
 
     tokens.safetensors   codes int16 [sum T, Q], phonemes int16/int32 [sum Lx],
-                         code_offsets / phone_offsets int64 [N + 1] (item i = rows offsets[i]:offsets[i+1])
+                         code_offsets / phone_offsets int64 [N + 1] (item i = rows offsets[i]:offsets[i+1]),
+                         with ``alignments``: durations int16 [sum Lx], frames per phoneme token
     index.json           format + version, the cache key (manifest sha256, codec card, symbol table,
                          phonemizer, settings), one entry per kept item (id, speaker, frames,
                          phonemes) and one per skipped row with its reason, tokens file sha256
@@ -30,8 +31,10 @@ from safetensors.torch import load_file, save_file
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset, Sampler
 
+from valle.alignment import ALIGNMENT_VERSION, AlignmentError, token_durations
 from valle.audio import AudioError, load_audio
 from valle.codec.base import Codec, CodecCard, CodecError, sha256_file
+from valle.corpus.phones import PhonesError, read_phones
 from valle.manifest import ManifestError, Utterance, read_manifest
 from valle.model import IGNORE
 from valle.phonemes import PhonemeError, Phonemizer, SymbolTable
@@ -57,6 +60,9 @@ class PrepareOptions:
     strict: bool = False  # an unknown phoneme symbol skips the row instead of becoming <unk>
     min_seconds: float = 0.5
     max_seconds: float = 20.0
+    # frames per phoneme token from the corpus's phone timing (valle.alignment), for an AR with the
+    # phone pointer; a row without a phones file is then skipped with the reason
+    alignments: bool = False
 
 
 def _cache_key(
@@ -71,7 +77,7 @@ def _cache_key(
             "with_stress": phonemizer.with_stress,
             "espeak_version": phonemizer.espeak_version,
         },
-        "options": asdict(opts),
+        "options": {**asdict(opts), **({"alignment_version": ALIGNMENT_VERSION} if opts.alignments else {})},
     }
 
 
@@ -158,6 +164,7 @@ def prepare_tokens(
     skipped: list[dict[str, str]] = list(unreadable)
     codes_list: list[torch.Tensor] = []
     phones_list: list[torch.Tensor] = []
+    durations_list: list[torch.Tensor] = []
     for utt, tokens in zip(
         tqdm(utts, desc="encode", unit="utt", disable=not progress), phonemes, strict=True
     ):
@@ -174,6 +181,13 @@ def prepare_tokens(
                     codes = codec.encode(wav, sr, name=str(utt.audio))
             except (AudioError, CodecError) as err:
                 reason = f"audio: {err}"
+        if reason is None and options.alignments:
+            try:
+                segments = read_phones(utt.audio)
+                frames = token_durations(tokens, segments, int(codes.shape[0]), frame_rate)
+                durations_list.append(torch.tensor(frames, dtype=torch.int16))
+            except (PhonesError, AlignmentError) as err:
+                reason = f"phones: {err}"
         if reason is not None:
             skipped.append({"id": utt.id, "reason": reason})
             continue
@@ -196,7 +210,7 @@ def prepare_tokens(
     if skipped:
         n = len(skipped) + len(kept)
         log.warning("%s: skipped %d of %d rows (reasons in %s)", manifest_path, len(skipped), n, INDEX)
-    _write_cache(cache_dir, key, kept, skipped, codes_list, phones_list, len(symbols))
+    _write_cache(cache_dir, key, kept, skipped, codes_list, phones_list, len(symbols), durations_list)
     return cache_dir
 
 
@@ -270,6 +284,7 @@ def _write_cache(
     codes_list: list[torch.Tensor],
     phones_list: list[torch.Tensor],
     n_symbols: int,
+    durations_list: list[torch.Tensor] | None = None,
 ) -> None:
     cache_dir.mkdir(parents=True, exist_ok=True)
     phone_dtype = torch.int16 if n_symbols <= torch.iinfo(torch.int16).max else torch.int32
@@ -279,6 +294,8 @@ def _write_cache(
         "code_offsets": _offsets([len(c) for c in codes_list]),
         "phone_offsets": _offsets([len(p) for p in phones_list]),
     }
+    if durations_list:
+        tensors["durations"] = torch.cat(durations_list).contiguous()
     # Tokens first, index last (both by rename): a readable index always describes a complete file.
     tmp = cache_dir / f".{TOKENS}.partial"
     save_file(tensors, str(tmp), metadata={"format": FORMAT, "version": str(FORMAT_VERSION)})
@@ -304,6 +321,7 @@ class Item:
     speaker: str
     text: torch.Tensor  # [Lx] phoneme ids (long)
     codes: torch.Tensor  # [T, Q] codec codes (long)
+    durations: torch.Tensor | None = None  # [Lx] frames per phoneme (long; caches with alignments)
 
 
 class TokenDataset(Dataset):
@@ -333,6 +351,7 @@ class TokenDataset(Dataset):
         self.manifest_sha256: str = index["key"]["manifest_sha256"]
         self._codes, self._phones = tensors["codes"], tensors["phonemes"]
         self._code_off, self._phone_off = tensors["code_offsets"], tensors["phone_offsets"]
+        self._durations: torch.Tensor | None = tensors.get("durations")
         if len(self._code_off) != len(self.items) + 1:
             raise DataError(
                 f"{tokens_path}: {len(self._code_off) - 1} items, {INDEX} lists {len(self.items)}"
@@ -360,6 +379,7 @@ class TokenDataset(Dataset):
             speaker=meta["speaker"],
             text=self._phones[p0:p1].long(),
             codes=self._codes[c0:c1].long(),
+            durations=None if self._durations is None else self._durations[p0:p1].long(),
         )
 
 
@@ -456,6 +476,7 @@ class Batch:
     text_lens: torch.Tensor  # [B]
     codes: torch.Tensor  # [B, T, Q] long
     audio_lens: torch.Tensor  # [B]
+    durations: torch.Tensor | None = None  # [B, Lx] frames per phoneme, 0-padded (caches with alignments)
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(
@@ -464,6 +485,7 @@ class Batch:
             self.text_lens.to(device),
             self.codes.to(device, non_blocking=True),
             self.audio_lens.to(device),
+            None if self.durations is None else self.durations.to(device),
         )
 
 
@@ -477,4 +499,7 @@ def collate(items: Sequence[Item]) -> Batch:
         text_lens=torch.tensor([len(it.text) for it in items]),
         codes=pad_sequence([it.codes for it in items], batch_first=True, padding_value=IGNORE),
         audio_lens=torch.tensor([len(it.codes) for it in items]),
+        durations=None
+        if any(it.durations is None for it in items)
+        else pad_sequence([it.durations for it in items], batch_first=True, padding_value=0),
     )

@@ -69,6 +69,10 @@ class GenerationOptions:
     seed: int = 0  # item i of a call uses seed + i unless seeds are given
     use_kv_cache: bool = True  # False = full recompute every step (reference and benchmark only)
     nar_greedy: bool = True
+    # Not in the paper: greedy NAR codes below this probability become the codec's neutral code
+    # (nar_generate's confidence gate). None = what the checkpoint recommends (``extra["nar"]``,
+    # valle.synthesize), else 0 = off; generate() itself applies it only with a fallback.
+    nar_min_confidence: float | None = None
     min_frames: int = 1  # <eos> is masked until this many frames exist (the codec cannot decode 0)
     bf16: bool = False  # run the transformers under bfloat16 autocast (meant for CUDA)
 
@@ -156,9 +160,15 @@ def max_new_frames(
 
 
 class _FullDecoder:
-    """Recomputes the whole sequence at every step (the reference the KV cache must match)."""
+    """Recomputes the whole sequence at every step (the reference the KV cache must match).
 
-    def __init__(self, ar: ARModel, text, text_lens, prompt, prompt_lens) -> None:
+    ``first`` and ``feed`` return the final hidden state [B, D] of the position that predicts the
+    next frame; the caller applies the AR's heads. With the phone pointer, ``pointer`` [B, 2] gives
+    the (x_{a}, x_{a+1}) ids of the frame being predicted by the last prompt token (``first``) or by
+    the token just fed (``feed``).
+    """
+
+    def __init__(self, ar: ARModel, text, text_lens, prompt, prompt_lens, pointer=None) -> None:
         self.ar, self.text, self.prompt_lens = ar, text, prompt_lens
         self.cache: KVCache | None = None
         B, Tp = prompt.shape
@@ -166,6 +176,11 @@ class _FullDecoder:
         self.prefix_valid = lengths_to_mask(prompt_lens + 1, Tp + 1)  # <bos> + prompt
         bos = torch.full((B, 1), ar.cfg.bos, dtype=torch.long, device=prompt.device)
         self.prefix = torch.cat([bos, prompt], dim=1).masked_fill(~self.prefix_valid, 0)  # [B, 1+Tp]
+        self.prefix_pointer = None  # [B, 1+Tp, 2]: only the last prompt token points (at the target)
+        self.pointers = None  # [B, steps, 2] of the generated tokens
+        if pointer is not None:
+            self.prefix_pointer = torch.zeros(B, Tp + 1, 2, dtype=torch.long, device=prompt.device)
+            self.prefix_pointer[self._rows(), prompt_lens] = pointer
 
     def _rows(self) -> torch.Tensor:
         return torch.arange(self.text.shape[0], device=self.text.device)
@@ -177,26 +192,35 @@ class _FullDecoder:
             self.prefix_valid[keep],
             self.prompt_lens[keep],
         )
+        if self.prefix_pointer is not None:
+            self.prefix_pointer = self.prefix_pointer[keep]
+            self.pointers = None if self.pointers is None else self.pointers[keep]
 
     def _forward(self, generated: torch.Tensor | None, cache: KVCache | None = None) -> torch.Tensor:
         ar = self.ar
         tokens, positions, valid = self.prefix, segment_positions(self.prefix), self.prefix_valid
+        pointer = self.prefix_pointer
         if generated is not None:
             n = generated.shape[1]
             gen_pos = self.prompt_lens[:, None] + 1 + torch.arange(n, device=generated.device)
             tokens = torch.cat([tokens, generated], dim=1)
             positions = torch.cat([positions, gen_pos], dim=1)
             valid = torch.cat([valid, torch.ones_like(generated, dtype=torch.bool)], dim=1)
-        h = torch.cat([ar.embed_text(self.text), ar.embed_audio(tokens, positions)], dim=1)
-        return ar.run(h, ar_attention_mask(self.text_valid, valid), cache)
+            if pointer is not None:
+                pointer = torch.cat([pointer, self.pointers], dim=1)
+        h = torch.cat([ar.embed_text(self.text), ar.embed_audio(tokens, positions, pointer)], dim=1)
+        return ar.hidden(h, ar_attention_mask(self.text_valid, valid), cache)
 
     def first(self) -> torch.Tensor:
-        """Logits [B, V] for the first new token: read at each row's last prompt token."""
-        logits = self._forward(None, self.cache)  # with a cache: the prefill pass
-        return logits[self._rows(), self.text.shape[1] + self.prompt_lens]
+        """Hidden state [B, D] for the first new token: read at each row's last prompt token."""
+        hidden = self._forward(None, self.cache)  # with a cache: the prefill pass
+        return hidden[self._rows(), self.text.shape[1] + self.prompt_lens]
 
-    def feed(self, generated: torch.Tensor) -> torch.Tensor:
-        """generated [B, s] (all tokens so far) -> logits [B, V] for token s."""
+    def feed(self, generated: torch.Tensor, pointer: torch.Tensor | None = None) -> torch.Tensor:
+        """generated [B, s] (all tokens so far) -> hidden state [B, D] for token s."""
+        if pointer is not None:
+            p = pointer[:, None]
+            self.pointers = p if self.pointers is None else torch.cat([self.pointers, p], dim=1)
         return self._forward(generated)[:, -1]
 
 
@@ -204,9 +228,17 @@ class _CachedDecoder(_FullDecoder):
     """One prefill pass over [text ; <bos> ; prompt] fills the KV cache, then one token per step."""
 
     def __init__(
-        self, ar: ARModel, text, text_lens, prompt, prompt_lens, max_steps: int, dtype: torch.dtype
+        self,
+        ar: ARModel,
+        text,
+        text_lens,
+        prompt,
+        prompt_lens,
+        max_steps: int,
+        dtype: torch.dtype,
+        pointer=None,
     ) -> None:
-        super().__init__(ar, text, text_lens, prompt, prompt_lens)
+        super().__init__(ar, text, text_lens, prompt, prompt_lens, pointer)
         cfg = ar.cfg
         B = text.shape[0]
         prefix_len = text.shape[1] + self.prefix.shape[1]
@@ -221,14 +253,21 @@ class _CachedDecoder(_FullDecoder):
         self.cache.k, self.cache.v = self.cache.k[:, keep], self.cache.v[:, keep]
         self.key_valid = self.key_valid[keep]
 
-    def feed(self, generated: torch.Tensor) -> torch.Tensor:
+    def feed(self, generated: torch.Tensor, pointer: torch.Tensor | None = None) -> torch.Tensor:
         n = generated.shape[1]
         index = self.cache.length  # sequence index of the new token, the same for every row
         self.key_valid[:, index] = True
         mask = self.key_valid[:, None, None, : index + 1]  # the new token sees every valid earlier key
         position = self.prompt_lens[:, None] + n  # token n-1 sits at audio position Tp_i + 1 + (n-1)
-        h = self.ar.embed_audio(generated[:, -1:], position)
-        return self.ar.run(h, mask, self.cache)[:, -1]
+        h = self.ar.embed_audio(generated[:, -1:], position, None if pointer is None else pointer[:, None])
+        return self.ar.hidden(h, mask, self.cache)[:, -1]
+
+
+def _pointer_ids(text: torch.Tensor, text_lens: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """(x_{a}, x_{a+1}) phoneme ids [B, 2] of pointer ``at`` [B]; 0 past each row's text."""
+    padded = torch.cat([text, text.new_zeros(text.shape[0], 2)], dim=1)
+    ids = padded.gather(1, torch.stack([at, at + 1], dim=1).clamp(max=text.shape[1]))
+    return ids * (torch.stack([at, at + 1], dim=1) < text_lens[:, None])
 
 
 def ar_generate(
@@ -243,6 +282,7 @@ def ar_generate(
     *,
     generators: Sequence[torch.Generator] | None = None,
     return_logits: bool = False,
+    pointer_start: torch.Tensor | None = None,
 ) -> list[ARResult]:
     """Sample codebook 1 after each prompt, for a batch of items of different lengths.
 
@@ -250,6 +290,11 @@ def ar_generate(
     acoustic prompt (padded) with prompt_lens [B]; max_new [B] frames per item, clamped to
     ``options.max_seconds * frame_rate``. ``generators`` (one per item, CPU) default to seeds
     ``options.seed + i``. Returns one :class:`ARResult` per item, in input order.
+
+    An AR with the phone pointer (``ar.cfg.ar_pointer``) needs ``pointer_start`` [B], the index in
+    ``text`` of each item's first target phoneme; ``<eos>`` is then never sampled: each step draws
+    "move to the next phoneme" from the advance head (greedy: p > 0.5), and an item ends (stop
+    reason ``eos``) when its pointer moves past its last phoneme.
     """
     cfg = ar.cfg
     device = _device_of(ar)
@@ -276,6 +321,15 @@ def ar_generate(
         raise GenerationError(f"ar_generate: {len(generators)} generators for {B} items")
     sampling = options.sampling
     max_steps = int(max_new.max())
+    ptr = None
+    if cfg.ar_pointer:
+        if pointer_start is None or len(pointer_start) != B:
+            raise GenerationError("ar_generate: an AR with the phone pointer needs pointer_start [B]")
+        ptr = torch.as_tensor(pointer_start, device=device).long()
+        if bool(((ptr < 0) | (ptr >= text_lens)).any()):
+            raise GenerationError(
+                f"ar_generate: pointer_start {ptr.tolist()} outside the texts (lengths {text_lens.tolist()})"
+            )
 
     finished: dict[int, tuple[int, str]] = {}  # input index -> (frames, stop reason)
     resampled = [0] * B
@@ -284,31 +338,43 @@ def ar_generate(
     rows = torch.arange(B, device=device)  # input index of each active row
     active = list(range(B))
     with _inference(ar, device, options.bf16):
+        first_pointer = None if ptr is None else _pointer_ids(text, text_lens, ptr)
         if options.use_kv_cache:
             decoder = _CachedDecoder(
-                ar, text, text_lens, prompt, prompt_lens, max_steps, _cache_dtype(ar, options)
+                ar, text, text_lens, prompt, prompt_lens, max_steps, _cache_dtype(ar, options), first_pointer
             )
         else:
-            decoder = _FullDecoder(ar, text, text_lens, prompt, prompt_lens)
-        logits = decoder.first()
+            decoder = _FullDecoder(ar, text, text_lens, prompt, prompt_lens, first_pointer)
+        hidden = decoder.first()
         for s in range(max_steps):
-            logits = logits.float()
+            logits = ar.head(hidden).float()
             if return_logits:
                 for j, i in enumerate(active):
                     step_logits[i].append(logits[j].cpu())
-            if s < options.min_frames:
+            if s < options.min_frames or ptr is not None:
                 logits[:, cfg.eos] = -math.inf
             history = gen[rows, max(0, s - sampling.ras_window) : s]
-            tokens, was_resampled = sample_tokens(logits, history, sampling, [generators[i] for i in active])
+            step_gens = [generators[i] for i in active]
+            tokens, was_resampled = sample_tokens(logits, history, sampling, step_gens)
             gen[rows, s] = tokens
             is_eos = tokens == cfg.eos
+            if ptr is not None:
+                p_next = torch.sigmoid(ar.advance_head(hidden).float().squeeze(-1))
+                if sampling.greedy:
+                    move = p_next > 0.5
+                else:
+                    move = draw_uniforms(step_gens, len(active), 1, device)[:, 0] < p_next
+                ptr = ptr + move.long()
+                is_eos = ptr >= text_lens  # moved past the last phoneme: this frame was the last
             done = is_eos | (s + 1 >= max_new[rows])
             # one device->host transfer per step: the only synchronisation of the loop
             done_list, eos_list, res_list = torch.stack([done, is_eos, was_resampled]).tolist()
             for j, i in enumerate(active):
                 resampled[i] += res_list[j]
                 if done_list[j]:
-                    finished[i] = (s, "eos") if eos_list[j] else (s + 1, "max_length")
+                    # a sampled <eos> is not a frame; the pointer's last frame is
+                    frames = s + (ptr is not None) if eos_list[j] else s + 1
+                    finished[i] = (frames, "eos" if eos_list[j] else "max_length")
             if all(done_list):
                 break
             if any(done_list):
@@ -316,7 +382,10 @@ def ar_generate(
                 rows = rows[keep]
                 active = [i for i, d in zip(active, done_list, strict=True) if not d]
                 decoder.select(keep)
-            logits = decoder.feed(gen[rows, : s + 1])
+                if ptr is not None:
+                    ptr, text, text_lens = ptr[keep], text[keep], text_lens[keep]
+            pointer = None if ptr is None else _pointer_ids(text, text_lens, ptr)
+            hidden = decoder.feed(gen[rows, : s + 1], pointer)
     # built outside inference mode: callers get ordinary tensors they may edit in place
     return [
         ARResult(
@@ -426,13 +495,15 @@ def generate(
     frame_rate: float = 75.0,
     *,
     seeds: Sequence[int] | None = None,
+    nar_fallback: torch.Tensor | None = None,
 ) -> list[GenerationOutput]:
     """Generate codes [T, 8] for a batch of requests (either mode; see the module docstring).
 
     text_ids[i]: phoneme ids of the whole text (prompt part first); prompt_codes[i]: [Tp, 8] codes
     of the acoustic prompt (>= 1 s); prompt_phoneme_counts[i]: how many leading ids the prompt
-    speaks, which sets the speaking rate for the length cap. Item i samples with ``seeds[i]``
-    (default ``options.seed + i``), so it can be regenerated alone.
+    speaks, which sets the speaking rate for the length cap and, for an AR with the phone pointer,
+    where the pointer starts (in continuation mode an estimate; see :func:`continuation_inputs`).
+    Item i samples with ``seeds[i]`` (default ``options.seed + i``), so it can be regenerated alone.
     """
     options = options or GenerationOptions()
     cfg = model.cfg
@@ -474,6 +545,7 @@ def generate(
         options,
         frame_rate,
         generators=generators,
+        pointer_start=torch.tensor(list(prompt_phoneme_counts)) if cfg.ar_pointer else None,
     )
     codes = nar_generate(
         model.nar,
@@ -486,6 +558,8 @@ def generate(
         sampling=options.sampling,
         generators=generators,
         bf16=options.bf16,
+        fallback=nar_fallback,
+        min_confidence=(options.nar_min_confidence or 0.0) if nar_fallback is not None else 0.0,
     )
     return [
         GenerationOutput(c.cpu(), r.stop_reason, c.shape[0], int(s), r.resampled_count)

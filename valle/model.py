@@ -15,6 +15,19 @@ NAR (eq. 3):  p(c_{:,j} | c_{:,<j}, x, C~; θ_NAR),  j = 2..8
     e(C_{:,<j})_t = sum_{k<j} e_k(c_{t,k}); attention is bidirectional; the stage j enters every layer
     through adaptive LayerNorm, AdaLN(h, j) = a_j * LayerNorm(h) + b_j.
 
+Phone pointer (``VALLEConfig.ar_pointer``; off in every preset, not in the paper). An alignment aid
+in the spirit of VALL-E R (Han et al., 2024, "VALL-E R: Robust and Efficient Zero-Shot Text-to-
+Speech Synthesis via Monotonic Alignment"): the AR input at the audio position that predicts frame t
+also carries the phoneme the frame belongs to and the one after it,
+
+    h_t = e(c_{t-1,1}) + PE(t) + e_ptr(x_{a_t}) + e_next(x_{a_t + 1}),
+
+and a second head gives p(a_{t+1} = a_t + 1 | ...), the probability that the next frame moves on to
+the next phoneme (a_{t+1} is a_t or a_t + 1: every phoneme spans >= 1 frame). Generation moves the
+pointer by sampling that head and stops when it passes the last phoneme, so the AR cannot skip,
+repeat or run past the text. Training takes a_t from the corpus's phone timing
+(``valle.alignment``); frames of the acoustic prompt carry no pointer.
+
 Both use sinusoidal positions that restart at 0 for each segment (text, audio), scaled by a learned
 alpha as in the reference implementation (lifeiteng/vall-e), and pre-LayerNorm blocks. Attention runs
 through ``F.scaled_dot_product_attention``. This file holds only modules; sampling and decoding live
@@ -47,6 +60,8 @@ class VALLEConfig:
     # quantiser code k of one codebook has nothing to do with code k of the next, so heads are
     # untied by default; checkpoints written before this field existed were tied (see checkpoint.py).
     tie_nar_heads: bool = False
+    # The AR's phone pointer (module docstring); not in the paper, so off in every preset.
+    ar_pointer: bool = False
 
     @property
     def eos(self) -> int:  # AR output vocabulary = codes + <eos>
@@ -203,6 +218,34 @@ def ar_attention_mask(text_valid: torch.Tensor, audio_valid: torch.Tensor) -> to
     return mask[:, None]
 
 
+def pointer_from_durations(
+    text: torch.Tensor, durations: torch.Tensor, prompt_lens: torch.Tensor, length: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The phone pointer of each frame, from frames per phoneme.
+
+    text [B, Lx] phoneme ids, durations [B, Lx] (0 on padding), prompt_lens [B], ``length`` >= T.
+    Returns pointer [B, length, 2] = (x_{a_t}, x_{a_t+1}) ids, 0 on prompt frames, past the end and
+    for x_{a_t+1} at the last phoneme; and advance [B, length] = 1 where frame t is its phoneme's
+    last, 0 inside a phoneme, IGNORE where there is no pointer.
+    """
+    B, Lx = text.shape
+    ends = durations.cumsum(1)  # [B, Lx] first frame after each phoneme
+    frames = torch.arange(length, device=text.device)
+    index = torch.searchsorted(ends, frames.expand(B, -1).contiguous(), right=True)  # a_t [B, length]
+    inside = frames[None] < ends[:, -1:]  # a phoneme may have 0 frames (a boundary between two utterances)
+    # the prompt ends at the start of the phoneme holding frame prompt_lens
+    split = torch.searchsorted(ends, prompt_lens[:, None].contiguous(), right=True).clamp(max=Lx - 1)
+    starts = ends - durations
+    prompt_end = starts.gather(1, split)  # [B, 1]
+    on = inside & (frames[None] >= prompt_end)
+    padded = torch.cat([text, text.new_zeros(B, 2)], dim=1)
+    current = padded.gather(1, index.clamp(max=Lx)) * on
+    after = padded.gather(1, (index + 1).clamp(max=Lx)) * on
+    last_frame = (ends - 1).gather(1, index.clamp(max=Lx - 1)) == frames[None]
+    advance = torch.where(on, last_frame.long(), torch.full_like(index, IGNORE))
+    return torch.stack([current, after], dim=-1), advance
+
+
 def full_attention_mask(valid: torch.Tensor) -> torch.Tensor:
     """Bidirectional mask with key padding: valid [B, L] -> [B, 1, L, L]."""
     L = valid.shape[1]
@@ -223,20 +266,57 @@ class ARModel(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.codebook_size + 1, bias=False)  # codes + <eos>
+        if cfg.ar_pointer:
+            # phoneme id 0 (padding) = no pointer: a zero vector, as on the prompt's frames
+            self.pointer_emb = nn.Embedding(cfg.n_phonemes, cfg.d_model, padding_idx=0)
+            self.next_emb = nn.Embedding(cfg.n_phonemes, cfg.d_model, padding_idx=0)
+            self.advance_head = nn.Linear(cfg.d_model, 1)
 
     def embed_text(self, text: torch.Tensor) -> torch.Tensor:
         """text [B, Lx] -> [B, Lx, D] with positions 0..Lx-1."""
         return self.text_pos(self.text_emb(text), segment_positions(text))
 
-    def embed_audio(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """tokens [B, L] (codes, <bos>), positions [B, L] counted from the audio segment's start."""
-        return self.audio_pos(self.audio_emb(tokens), positions)
+    def embed_audio(
+        self, tokens: torch.Tensor, positions: torch.Tensor, pointer: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """tokens [B, L] (codes, <bos>), positions [B, L] counted from the audio segment's start;
+        pointer [B, L, 2] phoneme ids (x_{a_t}, x_{a_t+1}; 0 = none), only with ``ar_pointer``."""
+        emb = self.audio_emb(tokens)
+        if pointer is not None:
+            emb = emb + self.pointer_emb(pointer[..., 0]) + self.next_emb(pointer[..., 1])
+        return self.audio_pos(emb, positions)
+
+    def hidden(self, h: torch.Tensor, mask: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Transformer stack + final norm: h [B, L, D] -> [B, L, D]."""
+        for i, block in enumerate(self.blocks):
+            h = block(h, mask, cache=cache, layer=i)
+        return self.norm(h)
 
     def run(self, h: torch.Tensor, mask: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Transformer stack + head: h [B, L, D] -> logits [B, L, codebook_size + 1]."""
-        for i, block in enumerate(self.blocks):
-            h = block(h, mask, cache=cache, layer=i)
-        return self.head(self.norm(h))
+        return self.head(self.hidden(h, mask, cache))
+
+    def _teacher_forced(
+        self,
+        text: torch.Tensor,
+        text_lens: torch.Tensor,
+        codes1: torch.Tensor,
+        audio_lens: torch.Tensor,
+        pointer: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states [B, T+1, D] of the audio positions and targets [B, T+1]; ``pointer``
+        [B, T+1, 2] as in :meth:`embed_audio`."""
+        B, T = codes1.shape
+        bos = torch.full((B, 1), self.cfg.bos, dtype=codes1.dtype, device=codes1.device)
+        inputs = torch.cat([bos, codes1], dim=1)  # [B, T+1]: input t predicts frame t
+        audio_valid = lengths_to_mask(audio_lens + 1, T + 1)
+        targets = torch.cat([codes1, torch.full_like(bos, IGNORE)], dim=1)
+        targets[torch.arange(B), audio_lens] = self.cfg.eos
+        targets = targets.masked_fill(~audio_valid, IGNORE)
+        audio = self.embed_audio(inputs.clamp_min(0), segment_positions(inputs), pointer)
+        h = torch.cat([self.embed_text(text), audio], 1)
+        mask = ar_attention_mask(lengths_to_mask(text_lens, text.shape[1]), audio_valid)
+        return self.hidden(h, mask)[:, text.shape[1] :], targets
 
     def forward(
         self, text: torch.Tensor, text_lens: torch.Tensor, codes1: torch.Tensor, audio_lens: torch.Tensor
@@ -247,20 +327,34 @@ class ARModel(nn.Module):
         Returns logits [B, T+1, V] for inputs [<bos>, c_1..c_T] and targets [B, T+1] = [c_1..c_T, <eos>]
         with IGNORE after each utterance's <eos>.
         """
-        B, T = codes1.shape
-        bos = torch.full((B, 1), self.cfg.bos, dtype=codes1.dtype, device=codes1.device)
-        inputs = torch.cat([bos, codes1], dim=1)  # [B, T+1]
-        audio_valid = lengths_to_mask(audio_lens + 1, T + 1)
-        targets = torch.cat([codes1, torch.full_like(bos, IGNORE)], dim=1)
-        targets[torch.arange(B), audio_lens] = self.cfg.eos
-        targets = targets.masked_fill(~audio_valid, IGNORE)
+        hidden, targets = self._teacher_forced(text, text_lens, codes1, audio_lens)
+        return self.head(hidden), targets
 
-        h = torch.cat(
-            [self.embed_text(text), self.embed_audio(inputs.clamp_min(0), segment_positions(inputs))], 1
+    def forward_pointer(
+        self,
+        text: torch.Tensor,
+        text_lens: torch.Tensor,
+        codes1: torch.Tensor,
+        audio_lens: torch.Tensor,
+        durations: torch.Tensor,
+        prompt_lens: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Teacher-forced pass of the phone-pointer AR (``ar_pointer``).
+
+        As :meth:`forward`, plus durations [B, Lx] frames per phoneme (0-padded, summing to
+        audio_lens) and prompt_lens [B]: frames before the start of the phoneme that holds frame
+        prompt_lens carry no pointer (the acoustic prompt). Returns (logits [B, T+1, V], targets
+        [B, T+1], advance logits [B, T+1], advance targets [B, T+1] in {0, 1} or IGNORE off the
+        pointer's frames).
+        """
+        hidden, targets, advance = self._teacher_forced(
+            text,
+            text_lens,
+            codes1,
+            audio_lens,
+            lambda n: pointer_from_durations(text, durations, prompt_lens, n),
         )
-        mask = ar_attention_mask(lengths_to_mask(text_lens, text.shape[1]), audio_valid)
-        logits = self.run(h, mask)[:, text.shape[1] :]
-        return logits, targets
+        return self.head(hidden), targets, self.advance_head(hidden).squeeze(-1), advance
 
 
 class NARModel(nn.Module):

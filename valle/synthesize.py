@@ -205,8 +205,14 @@ class Generator:
             for p in prompted
         )
         min_frames = max(options.min_frames, math.floor(self.min_length_ratio * expected))
+        gate = options.nar_min_confidence
+        if gate is None:  # the checkpoint's recommendation (a demo built with the gate on records it)
+            gate = float((self.ckpt.extra.get("nar") or {}).get("min_confidence", 0.0))
         options = replace(
-            options, min_frames=min_frames, sampling=calibrated(options.sampling, self.ckpt.extra)
+            options,
+            min_frames=min_frames,
+            sampling=calibrated(options.sampling, self.ckpt.extra),
+            nar_min_confidence=gate,
         )
         outputs = generate(
             self.model,
@@ -216,6 +222,7 @@ class Generator:
             options,
             frame_rate,
             seeds=seeds,
+            nar_fallback=self.codec.neutral_codes() if gate > 0 else None,
         )
         records = []
         for r, out in zip(requests, outputs, strict=True):

@@ -7,10 +7,20 @@ Each optimizer step computes, on the same batch,
     L_NAR = -mean_t log p(c_{t,j} | c_{t,<j}, x, C~)        one stage j ~ U{2..8} per step, shared by
                                                              every micro-batch and rank of that step
 
-and minimises L_AR + L_NAR. The NAR's acoustic prompt C~ follows the reference implementation's
+and minimises L_AR + L_NAR. With the AR's phone pointer (``VALLEConfig.ar_pointer``, not in the
+paper) L_AR also sums the binary cross-entropy of "the next frame starts the next phoneme" over the
+pointer's frames (divided by the same AR token count); the pointer starts at the phoneme that holds
+frame prompt_len (the NAR's prompt length below), so the AR also learns to continue after a prompt
+that carries none. The NAR's acoustic prompt C~ follows the reference implementation's
 prefix mode (lifeiteng/vall-e, ``prefix_mode=1``): C~ is a prefix of the utterance itself, its
 length drawn uniformly from [25 %, 50 %] of the utterance and capped at 3 s (225 frames at 75 Hz);
-L_NAR is masked on the prompt and on padding. We draw the length per utterance (the reference
+L_NAR is masked on the prompt and on padding.
+
+``cross_sentence`` (not in the paper, which trains on single utterances) puts a share of the items
+in the layout of cross-sentence inference: the last <= 3 s of another utterance of the same speaker
+(from a phoneme start), a word boundary, then the item, with text = that prompt's phonemes +
+boundary + the item's. The prompt length of such an item is the other utterance's part, for the NAR
+and for the AR's phone pointer alike. We draw the length per utterance (the reference
 draws one per batch from the shortest item), so short items in a long batch still get a 25-50 %
 prompt. The means are over all target tokens of the step, across micro-batches and ranks (the
 token counts are all-reduced before the backward pass), so gradients do not depend on how a batch
@@ -43,7 +53,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from valle.checkpoint import CheckpointError, load_checkpoint, load_optimizer_state, save_checkpoint
 from valle.codec.base import CodecCard
-from valle.data import TEXT_HAS_BOS_EOS, Batch, LengthBucketSampler, TokenDataset, collate
+from valle.data import TEXT_HAS_BOS_EOS, Batch, Item, LengthBucketSampler, TokenDataset, collate
 from valle.hardware import bf16_autocast_ok
 from valle.model import IGNORE, PRESETS, VALLE, VALLEConfig, lengths_to_mask, make_config
 from valle.phonemes import SymbolTable
@@ -79,6 +89,12 @@ class TrainConfig:
     bf16: bool = True  # autocast to bfloat16 on CUDA and on CPUs with native bf16 (valle.hardware)
     parts: str = "ar+nar"  # which model(s) to train: ar+nar | ar | nar (the other is left as is)
     tensorboard: bool = True  # write out_dir/tb when tensorboard is installed
+    ar_pointer: bool = False  # the AR's phone pointer (valle.model; not in the paper)
+    # start a new run from another checkpoint's weights (e.g. a trained NAR, to train an AR beside
+    # it with parts="ar"); parameters it lacks (the pointer's) keep their fresh initialisation
+    init_from: str | None = None
+    # share of items trained after a prompt from another utterance of their speaker (module docstring)
+    cross_sentence: float = 0.0
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -100,6 +116,8 @@ class TrainConfig:
             )
         if self.parts not in PARTS:
             raise ValueError(f"TrainConfig.parts: expected one of {', '.join(PARTS)}, got {self.parts!r}")
+        if not 0 <= self.cross_sentence <= 1:
+            raise ValueError(f"TrainConfig.cross_sentence must be in [0, 1], got {self.cross_sentence}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"TrainConfig.device: expected auto, cpu or cuda, got {self.device!r}")
 
@@ -165,11 +183,61 @@ def draw_prompt_lens(audio_lens: torch.Tensor, cfg: TrainConfig, generator: torc
     return (frac * lens).floor().long().clamp(max=cfg.nar_prompt_max_frames).to(audio_lens.device)
 
 
+def cross_sentence_item(item: Item, prompt: Item, max_frames: int, word_id: int) -> tuple[Item, int]:
+    """``item`` after the last <= ``max_frames`` frames of ``prompt`` (cut at a phoneme start when
+    ``prompt`` has durations, else at ``max_frames``, its text then kept whole) and a word boundary
+    of 0 frames. Returns the joined item and its prompt length in frames."""
+    T = len(prompt.codes)
+    start, first = max(0, T - max_frames), 0
+    if prompt.durations is not None:
+        starts = prompt.durations.cumsum(0) - prompt.durations
+        first = int((starts < start).sum())  # first phoneme starting at or after `start`
+        first = min(first, len(starts) - 1)
+        start = int(starts[first])
+    text = torch.cat([prompt.text[first:], torch.tensor([word_id]), item.text])
+    durations = None
+    if item.durations is not None and prompt.durations is not None:
+        durations = torch.cat([prompt.durations[first:], torch.tensor([0]), item.durations])
+    codes = torch.cat([prompt.codes[start:], item.codes])
+    joined = Item(item.index, item.id, item.speaker, text, codes, durations)
+    return joined, T - start
+
+
+def draw_items(
+    dataset: TokenDataset,
+    indices: list[int],
+    cfg: TrainConfig,
+    generator: torch.Generator,
+    by_speaker: dict[str, list[int]],
+) -> tuple[list[Item], torch.Tensor]:
+    """The items of one micro-batch, a ``cfg.cross_sentence`` share of them joined after a prompt
+    from another utterance of their speaker; returns them and each one's fixed prompt length (-1:
+    none, draw one)."""
+    items, fixed = [], []
+    word_id = dataset.symbols.word_id
+    for i in indices:
+        item = dataset[i]
+        others = [j for j in by_speaker[item.speaker] if j != i]
+        if (
+            cfg.cross_sentence > 0
+            and others
+            and float(torch.rand(1, generator=generator)) < cfg.cross_sentence
+        ):
+            j = others[int(torch.randint(len(others), (1,), generator=generator))]
+            item, plen = cross_sentence_item(item, dataset[j], cfg.nar_prompt_max_frames, word_id)
+            fixed.append(plen)
+        else:
+            fixed.append(-1)
+        items.append(item)
+    return items, torch.tensor(fixed)
+
+
 class LossModule(nn.Module):
     """Wraps :class:`VALLE` so one ``forward`` (what DDP hooks) runs both the AR and the NAR.
 
-    Returns summed statistics ``[ar_loss_sum, ar_correct, nar_loss_sum, nar_correct]``; the caller
-    divides by the global token counts. A part left out of ``parts`` is not run and gives zeros.
+    Returns summed statistics ``[ar_loss_sum, ar_correct, nar_loss_sum, nar_correct,
+    advance_loss_sum, advance_frames]``; the caller divides by the global token counts. A part left
+    out of ``parts`` is not run and gives zeros, as do the advance entries without the phone pointer.
     """
 
     def __init__(self, model: VALLE, parts: str = "ar+nar") -> None:
@@ -185,13 +253,31 @@ class LossModule(nn.Module):
         audio_lens: torch.Tensor,
         prompt_lens: torch.Tensor,
         stage: int,
+        durations: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        stats = []
+        zero = codes.new_zeros((), dtype=torch.float32)
+        stats, advance = [], [zero, zero]
         for part in ("ar", "nar"):
             if part not in self.parts:
-                stats += [codes.new_zeros((), dtype=torch.float32)] * 2
+                stats += [zero] * 2
                 continue
-            if part == "ar":
+            if part == "ar" and self.model.cfg.ar_pointer:
+                if durations is None:
+                    raise ValueError(
+                        "the AR's phone pointer needs frames per phoneme: prepare the token cache "
+                        "with alignments (valle train --alignments, a corpus with phones files)"
+                    )
+                logits, targets, adv_logits, adv_targets = self.model.ar.forward_pointer(
+                    text, text_lens, codes[..., 0], audio_lens, durations, prompt_lens
+                )
+                on = adv_targets != IGNORE
+                advance = [
+                    F.binary_cross_entropy_with_logits(
+                        adv_logits.float()[on], adv_targets[on].float(), reduction="sum"
+                    ),
+                    on.sum().float(),
+                ]
+            elif part == "ar":
                 logits, targets = self.model.ar(text, text_lens, codes[..., 0], audio_lens)  # [B, T+1, V]
             else:
                 logits = self.model.nar(text, text_lens, codes, audio_lens, prompt_lens, stage)  # [B, T, K]
@@ -203,7 +289,7 @@ class LossModule(nn.Module):
             )
             correct = ((logits.argmax(-1) == targets) & (targets != IGNORE)).sum()
             stats += [loss, correct.float()]
-        return torch.stack(stats)
+        return torch.stack(stats + advance)
 
 
 def wrap_model(model: VALLE, info: DistInfo, parts: str = "ar+nar") -> nn.Module:
@@ -227,7 +313,8 @@ def backward_step(
     """Forward + backward every micro-batch; gradients end up as those of the global mean losses.
 
     ``module`` is a :class:`LossModule`, DDP-wrapped when ``world_size > 1``. Returns the step's
-    global ``ar_loss, ar_acc, nar_loss, nar_acc`` and target token counts.
+    global ``ar_loss, ar_acc, nar_loss, nar_acc`` (and ``advance_loss`` with the phone pointer) and
+    target token counts.
     """
     device = micro_batches[0].codes.device
     counts = torch.tensor(
@@ -242,22 +329,26 @@ def backward_step(
         dist.all_reduce(counts)
     n_ar, n_nar = counts.tolist()
     parts = getattr(module, "module", module).parts  # the LossModule, DDP-wrapped or not
-    sums = torch.zeros(4, device=device)
+    sums = torch.zeros(6, device=device)
     for i, (batch, plens) in enumerate(zip(micro_batches, prompt_lens, strict=True)):
         last = i == len(micro_batches) - 1
         # gradients are all-reduced once, on the last micro-batch
         sync = nullcontext() if last or not isinstance(module, DDP) else module.no_sync()
         with sync:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                stats = module(batch.text, batch.text_lens, batch.codes, batch.audio_lens, plens, stage)
+                stats = module(
+                    batch.text, batch.text_lens, batch.codes, batch.audio_lens, plens, stage, batch.durations
+                )
             # DDP averages gradients over ranks; x world_size turns that into the global sum / count
-            loss = (stats[0] / n_ar + stats[2] / n_nar) * world_size
+            loss = ((stats[0] + stats[4]) / n_ar + stats[2] / n_nar) * world_size
             loss.backward()
         sums += stats.detach()
     if world_size > 1:
         dist.all_reduce(sums)
-    ar_sum, ar_correct, nar_sum, nar_correct = sums.tolist()
+    ar_sum, ar_correct, nar_sum, nar_correct, adv_sum, adv_n = sums.tolist()
+    pointer = {"advance_loss": adv_sum / adv_n} if adv_n else {}
     return {
+        **pointer,
         "ar_loss": ar_sum / n_ar,
         "ar_acc": ar_correct / n_ar,
         "nar_loss": nar_sum / n_nar,
@@ -273,6 +364,8 @@ def build_model(cfg: TrainConfig, symbols: SymbolTable, card: CodecCard) -> VALL
     overrides: dict[str, Any] = {"n_codebooks": card.n_codebooks, "codebook_size": card.codebook_size}
     if cfg.dropout is not None:
         overrides["dropout"] = cfg.dropout
+    if cfg.ar_pointer:
+        overrides["ar_pointer"] = True
     return VALLE(make_config(cfg.preset, n_phonemes=len(symbols), **overrides))
 
 
@@ -341,6 +434,29 @@ def _check_resumable(ckpt_dir: Path, model_cfg: VALLEConfig, dataset: TokenDatas
     if opt is None:
         raise CheckpointError(f"{ckpt_dir}: no optimizer state; cannot resume training from it")
     return ckpt, opt
+
+
+def _init_from(path: Path, model: VALLE, dataset: TokenDataset) -> None:
+    """Load another checkpoint's weights into a new run's ``model`` (see ``TrainConfig.init_from``)."""
+    ckpt = load_checkpoint(path)
+    dataset.codec_card.check_compatible(ckpt.codec, what=f"checkpoint {path}")
+    if ckpt.symbols != dataset.symbols:
+        raise CheckpointError(f"{path}: phoneme symbol table differs from the token cache's")
+    shape = ("d_model", "n_heads", "n_layers", "d_ff", "n_codebooks", "codebook_size", "tie_nar_heads")
+    diff = {
+        k: (getattr(ckpt.config, k), getattr(model.cfg, k))
+        for k in shape
+        if getattr(ckpt.config, k) != getattr(model.cfg, k)
+    }
+    if diff:
+        raise CheckpointError(
+            f"{path}: cannot initialise from it, model shapes differ (checkpoint vs now: {diff})"
+        )
+    state, own = ckpt.model.state_dict(), model.state_dict()
+    extra = sorted(state.keys() - own.keys())
+    if extra:
+        raise CheckpointError(f"{path}: has parameters this model lacks: {', '.join(extra[:5])}")
+    model.load_state_dict(state, strict=False)
 
 
 def _resume(
@@ -447,6 +563,9 @@ def train(
     }
     torch.manual_seed(cfg.seed + info.rank)
 
+    by_speaker: dict[str, list[int]] = {}
+    for i, meta in enumerate(dataset.items):
+        by_speaker.setdefault(meta["speaker"], []).append(i)
     ras_window = SamplingOptions().ras_window
     ras_threshold, ras_rate = calibrate_ras_threshold(dataset.codebook1(), ras_window)
     step, epoch, pos, resumed_from = 0, 0, 0, None
@@ -456,6 +575,8 @@ def train(
         resumed_from = step
         if info.is_master:
             _truncate_log(out_dir / LOG, step)
+    elif cfg.init_from is not None:
+        _init_from(Path(cfg.init_from), model, dataset)
 
     module = wrap_model(model, info, cfg.parts)
     autocast = cfg.bf16 and bf16_autocast_ok(device)
@@ -479,15 +600,20 @@ def train(
     model.train()
     try:
         while step < stop:
-            micro = []
+            micro, fixed = [], []
             for _ in range(cfg.grad_accum):
                 if pos >= len(batches):
                     epoch, pos = epoch + 1, 0
                     batches = sampler.batches(epoch)
-                micro.append(collate([dataset[i] for i in batches[pos]]).to(device))
+                items, plens = draw_items(dataset, batches[pos], cfg, gens["prompt"], by_speaker)
+                micro.append(collate(items).to(device))
+                fixed.append(plens.to(device))
                 pos += 1
             stage = draw_stage(gens["stage"], model.cfg.n_codebooks)
-            prompt_lens = [draw_prompt_lens(b.audio_lens, cfg, gens["prompt"]) for b in micro]
+            prompt_lens = [
+                torch.where(f >= 0, f, draw_prompt_lens(b.audio_lens, cfg, gens["prompt"]))
+                for b, f in zip(micro, fixed, strict=True)
+            ]
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr

@@ -61,6 +61,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-bf16", action="store_true", help="train in float32 (default: bf16 autocast where native)"
     )
+    p.add_argument(
+        "--ar-pointer",
+        action="store_true",
+        help="the AR's phone pointer (not in the paper; needs a corpus with phones files)",
+    )
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="start from another checkpoint's weights (e.g. a trained NAR, with --parts ar)",
+    )
+    p.add_argument(
+        "--cross-sentence",
+        type=float,
+        default=d.cross_sentence,
+        help="share of items trained after another utterance of their speaker (not in the paper)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     p.set_defaults(func=run)
 
@@ -83,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         bf16=not args.no_bf16,
         parts=args.parts,
+        ar_pointer=args.ar_pointer,
+        init_from=None if args.init_from is None else str(args.init_from),
+        cross_sentence=args.cross_sentence,
     )
     cache_dir = args.cache_dir or args.out / "tokens"
     info = setup_distributed(cfg.device)
@@ -96,7 +116,9 @@ def run(args: argparse.Namespace) -> int:
                     load_codec(args.codec, weights=args.codec_weights),
                     Phonemizer(args.language),
                     SymbolTable.default(),
-                    PrepareOptions(args.strict_symbols, args.min_seconds, args.max_seconds),
+                    PrepareOptions(
+                        args.strict_symbols, args.min_seconds, args.max_seconds, alignments=args.ar_pointer
+                    ),
                     progress=not args.no_progress,
                 )
             except ValueError as err:
@@ -127,11 +149,17 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("src", type=Path, help="checkpoint folder written by `valle train`")
     p.add_argument("dst", type=Path, help="new checkpoint folder")
     p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
+    p.add_argument(
+        "--nar-min-confidence",
+        type=float,
+        default=0.0,
+        help="record the NAR confidence gate (not in the paper) as the checkpoint's generation default",
+    )
     p.set_defaults(func=_run_export)
 
 
 def _run_export(args) -> int:
-    out = export_checkpoint(args.src, args.dst, getattr(torch, args.dtype))
+    out = export_checkpoint(args.src, args.dst, getattr(torch, args.dtype), args.nar_min_confidence)
     meta = read_config(out)
     size = (out / WEIGHTS).stat().st_size / 2**20
     print(f"{out}: step {meta['step']}, {size:.1f} MB, sha256 {meta['weights_sha256']}")
