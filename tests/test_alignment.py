@@ -121,6 +121,14 @@ def test_pointer_generation_ends_after_the_last_phoneme_and_the_kv_cache_matches
         GenerationOptions(sampling=SamplingOptions(greedy=True)), pointer_start=start,
     )  # fmt: skip
     assert [(len(r.codes1), r.stop_reason) for r in stuck] == [(12, "max_length"), (9, "max_length")]
+    with torch.no_grad():  # p(move) = 0.4 every frame: P(stay) 0.6, then 0.36 < 0.5, so 2 frames each
+        model.ar.advance_head.weight.zero_()
+        model.ar.advance_head.bias.fill_(math.log(0.4 / 0.6))
+    median = ar_generate(
+        model.ar, text, text_lens, prompt, prompt_lens, torch.tensor([50, 50]),
+        GenerationOptions(sampling=SamplingOptions(greedy=True)), pointer_start=start,
+    )  # fmt: skip
+    assert [(len(r.codes1), r.stop_reason) for r in median] == [(10, "eos"), (8, "eos")]
     with pytest.raises(ValueError, match="pointer_start"):
         ar_generate(model.ar, text, text_lens, prompt, prompt_lens, torch.tensor([5, 5]), GenerationOptions())
 

@@ -293,8 +293,10 @@ def ar_generate(
 
     An AR with the phone pointer (``ar.cfg.ar_pointer``) needs ``pointer_start`` [B], the index in
     ``text`` of each item's first target phoneme; ``<eos>`` is then never sampled: each step draws
-    "move to the next phoneme" from the advance head (greedy: p > 0.5), and an item ends (stop
-    reason ``eos``) when its pointer moves past its last phoneme.
+    "move to the next phoneme" from the advance head, and an item ends (stop
+    reason ``eos``) when its pointer moves past its last phoneme. Greedy decoding moves at the
+    median of the duration that head implies (when the product of its "stay" probabilities since the
+    phoneme began falls below one half).
     """
     cfg = ar.cfg
     device = _device_of(ar)
@@ -326,6 +328,7 @@ def ar_generate(
         if pointer_start is None or len(pointer_start) != B:
             raise GenerationError("ar_generate: an AR with the phone pointer needs pointer_start [B]")
         ptr = torch.as_tensor(pointer_start, device=device).long()
+        stay = torch.ones(B, device=device)  # P(the current phoneme lasts beyond this frame), greedy
         if bool(((ptr < 0) | (ptr >= text_lens)).any()):
             raise GenerationError(
                 f"ar_generate: pointer_start {ptr.tolist()} outside the texts (lengths {text_lens.tolist()})"
@@ -361,10 +364,14 @@ def ar_generate(
             if ptr is not None:
                 p_next = torch.sigmoid(ar.advance_head(hidden).float().squeeze(-1))
                 if sampling.greedy:
-                    move = p_next > 0.5
+                    # the head is a hazard (~1/duration per frame, rarely > 0.5): move on at the
+                    # median of the duration it implies, when P(still here) falls below one half
+                    stay = stay * (1 - p_next)
+                    move = stay < 0.5
                 else:
                     move = draw_uniforms(step_gens, len(active), 1, device)[:, 0] < p_next
                 ptr = ptr + move.long()
+                stay = torch.where(move, torch.ones_like(stay), stay)
                 is_eos = ptr >= text_lens  # moved past the last phoneme: this frame was the last
             done = is_eos | (s + 1 >= max_new[rows])
             # one device->host transfer per step: the only synchronisation of the loop
@@ -383,7 +390,7 @@ def ar_generate(
                 active = [i for i, d in zip(active, done_list, strict=True) if not d]
                 decoder.select(keep)
                 if ptr is not None:
-                    ptr, text, text_lens = ptr[keep], text[keep], text_lens[keep]
+                    ptr, stay, text, text_lens = ptr[keep], stay[keep], text[keep], text_lens[keep]
             pointer = None if ptr is None else _pointer_ids(text, text_lens, ptr)
             hidden = decoder.feed(gen[rows, : s + 1], pointer)
     # built outside inference mode: callers get ordinary tensors they may edit in place
