@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -50,6 +50,7 @@ from valle.generate import GenerationOptions, ar_generate, cross_sentence_inputs
 from valle.manifest import Utterance
 from valle.model import VALLE, lengths_to_mask
 from valle.phonemes import Phonemizer, text_to_ids
+from valle.sampling import calibrated
 
 PROMPT_FRACTION, PROMPT_MAX_FRAMES = 1 / 3, 225  # NAR prefix prompt for the per-stage statistics
 # the gated NAR fill keeps a code only if the NAR gives it at least this probability: fixed before
@@ -255,8 +256,11 @@ def ar_generation(
 ) -> dict[str, float]:
     """Sample codebook 1 for each target text after its prompt (cross-sentence layout), decode it
     with codebooks 2..8 neutral, and score it: Whisper WER (%), generated / true length, the share
-    within +-20% of the true length, and the share that stopped at ``max_length``."""
+    within +-20% of the true length, and the share that stopped at ``max_length``. Sampling uses
+    the checkpoint's calibrated RAS threshold unless ``options`` gives one."""
     options = options or GenerationOptions()
+    # the RAS threshold calibrated for the checkpoint's codec, as valle.synthesize.Generator uses
+    options = replace(options, sampling=calibrated(options.sampling, ckpt.extra))
     model, rate = ckpt.model.eval(), codec.card.frame_rate
     neutral = codec.neutral_codes()
     refs, hyps, ratios, capped = [], [], [], 0
