@@ -347,13 +347,8 @@ class ARModel(nn.Module):
         [B, T+1], advance logits [B, T+1], advance targets [B, T+1] in {0, 1} or IGNORE off the
         pointer's frames).
         """
-        hidden, targets, advance = self._teacher_forced(
-            text,
-            text_lens,
-            codes1,
-            audio_lens,
-            lambda n: pointer_from_durations(text, durations, prompt_lens, n),
-        )
+        pointer, advance = pointer_from_durations(text, durations, prompt_lens, codes1.shape[1] + 1)
+        hidden, targets = self._teacher_forced(text, text_lens, codes1, audio_lens, pointer)
         return self.head(hidden), targets, self.advance_head(hidden).squeeze(-1), advance
 
 
