@@ -52,7 +52,17 @@ METRIC_ROLE = {
     "duration_ratio": "rule on audio length",
     "repetition_ratio": "rule on generated codes",
 }
-VERDICTS = ("authentic", "altered_copy", "marked_unverified", "tampered_manifest", "not_marked", "unreadable")
+VERDICTS = (
+    "authentic",
+    "altered_copy",
+    "marked_unverified",
+    "inconclusive",
+    "not_in_ledger",
+    "ledger_invalid",
+    "tampered_manifest",
+    "not_marked",
+    "unreadable",
+)
 
 
 def backend(ctx: RunInputs, key: str) -> str | None:

@@ -132,7 +132,8 @@ def test_manifest_of_another_file_is_not_authentic(run_dir, perth):
         watermarker=perth,
     )
     assert v["signature_valid"] and v["hash_match"] is False and v["watermark"]["detected"]
-    assert v["verdict"] == "marked_unverified"
+    # Perth states no false-alarm rate, so its detection alone never makes a file "marked"
+    assert v["verdict"] == "inconclusive" and "p_value" not in v["watermark"]
     assert any("the manifest describes another file (utt-b.wav)" in r for r in v["reasons"])
 
 
@@ -143,7 +144,7 @@ def test_transcoded_copy_keeps_the_mark_but_not_the_hash(run_dir, perth, tmp_pat
     assert v["signature_valid"] and v["hash_match"] is False
     assert v["watermark"]["detected"] and v["watermark"]["score"] > 0.9
     # Perth carries no payload: the copy cannot be tied to one generation, so it stays unverified
-    assert v["verdict"] == "marked_unverified" and v["ledger_matches"] == [] and v["in_ledger"] is True
+    assert v["verdict"] == "inconclusive" and v["ledger_matches"] == [] and v["in_ledger"] is True
     assert any("re-encoded" in r for r in v["reasons"])
     assert any("carries no payload" in r for r in v["reasons"])
 
@@ -151,7 +152,8 @@ def test_transcoded_copy_keeps_the_mark_but_not_the_hash(run_dir, perth, tmp_pat
 def test_ledger_alone_vouches_for_an_exact_file_and_reports_damage(run_dir, perth, tmp_path):
     wav = shutil.copy(run_dir["out"] / "utt-b.wav", tmp_path / "utt-b.wav")  # no sidecar beside it
     v = verify_file(wav, public_key=run_dir["pub"], watermarker=perth)
-    assert v["verdict"] == "marked_unverified" and not v["manifest_found"]
+    assert v["verdict"] == "inconclusive" and not v["manifest_found"]
+    assert any("states no false-alarm rate" in r for r in v["reasons"])
     v = verify_file(wav, public_key=run_dir["pub"], ledger=run_dir["ledger"].path, watermarker=perth)
     assert v["verdict"] == "authentic" and v["manifest_source"].endswith("ledger.jsonl line 2")
 
@@ -249,10 +251,14 @@ def test_key_check_compares_decoded_and_claimed_payloads():
 
 
 def test_verdict_rules_for_payload_carrying_backends():
-    mark = {"detected": True, "payload": "1011"}
+    # the keyed mark: a payload and a stated false-alarm rate
+    mark = {"detected": True, "payload": "1011", "p_value": 1e-9}
     base = {"signature_valid": True, "hash_match": False, "watermark": mark}
     assert decide_verdict({**base, "payload_matches_manifest": True})[0] == "altered_copy"
     assert decide_verdict({**base, "payload_matches_manifest": False})[0] == "marked_unverified"
+    # AudioSeal: a payload but no stated false-alarm rate
+    unstated = {**base, "payload_matches_manifest": False, "watermark": {"detected": True, "payload": "1011"}}
+    assert decide_verdict(unstated)[0] == "inconclusive"
     no_manifest = {"signature_valid": None, "hash_match": None, "watermark": mark}
     ledger_hit = [{"utterance_id": "u1", "signature_valid": True}]
     assert decide_verdict({**no_manifest, "ledger_matches": ledger_hit})[0] == "altered_copy"
@@ -314,7 +320,7 @@ def test_cli_verify_exit_codes_and_json(run_dir, tmp_path, capsys):
     assert valle(["verify", out, str(copy), str(run_dir["root"] / "clean"), "--public-key", pub]) == 1
     lines = capsys.readouterr().out.splitlines()
     verdict_lines = [line.split()[0] for line in lines if not line.startswith(" ")]
-    assert verdict_lines == ["authentic", "authentic", "marked_unverified", "not_marked"]
+    assert verdict_lines == ["authentic", "authentic", "inconclusive", "not_marked"]
 
     (tmp_path / "empty").mkdir()
     for bad, message in [

@@ -19,7 +19,10 @@ ledger and the watermark keys):
 
 Verdicts: ``authentic`` (valid signature + exact hash + mark detected), ``altered_copy`` (mark detected
 and tied by payload to a signed manifest or ledger entry, but the bytes differ), ``marked_unverified``
-(mark detected, no valid manifest for these bytes), ``not_in_ledger`` (a ledger was given, it is intact,
+(mark detected with a stated false-alarm rate, no valid manifest for these bytes), ``inconclusive``
+(the same, but the detector states no false-alarm rate: Perth's or AudioSeal's threshold fires on
+some real speech under attack, so its "detected" alone never makes a file "marked"),
+``not_in_ledger`` (a ledger was given, it is intact,
 and this file's signed manifest is not in it), ``ledger_invalid`` (a ledger was given and it is damaged:
 unparseable, truncated, a line deleted or edited, a bad signature; nothing can be "in" it),
 ``tampered_manifest`` (the manifest's signature is invalid), ``not_marked``, ``unreadable``.
@@ -27,7 +30,7 @@ unparseable, truncated, a line deleted or edited, a bad signature; nothing can b
 ledger", so a damaged ledger decides the verdict instead of being a footnote in the reasons.
 
 A presence-only backend (Perth) cannot tie a changed copy to one generation: such a copy is
-``marked_unverified`` with a reason saying so. Audio is read with soundfile (mono mixdown, float32);
+``inconclusive`` with a reason saying so. Audio is read with soundfile (mono mixdown, float32);
 this module imports nothing from ``valle``.
 """
 
@@ -56,6 +59,7 @@ VERDICTS = (
     "authentic",
     "altered_copy",
     "marked_unverified",
+    "inconclusive",
     "not_in_ledger",
     "ledger_invalid",
     "tampered_manifest",
@@ -186,6 +190,12 @@ def decide_verdict(v: dict) -> tuple[str, str]:
         or (ledger and not v.get("hash_match"))
     ):
         return "altered_copy", "marked and tied by payload to a signed generation, but the bytes differ"
+    if mark.get("p_value") is None:  # "marked" only on evidence with a stated false-alarm rate
+        return (
+            "inconclusive",
+            f"the {mark.get('backend', 'watermark')} detector fired, but it states no false-alarm rate and "
+            "no valid manifest describes these exact bytes: a lead, not evidence of a mark",
+        )
     return "marked_unverified", "marked, but no valid manifest describes these exact bytes"
 
 

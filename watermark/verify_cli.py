@@ -38,7 +38,8 @@ def add_parser(subparsers) -> None:
         "verify",
         help="audit audio files: signed manifest, exact hash, watermark, keyed payload, ledger",
         description="Verify generated audio with the operator's public key. Per file: verdict authentic, "
-        "altered_copy,\nmarked_unverified, not_in_ledger, tampered_manifest, not_marked or unreadable, with "
+        "altered_copy,\nmarked_unverified, inconclusive, not_in_ledger, ledger_invalid, tampered_manifest, "
+        "not_marked or unreadable, with "
         "reasons.\nExit status: 0 all authentic, 1 some file not authentic, 2 bad input (a damaged --ledger "
         "included).",
         epilog="examples:\n  valle verify runs/synth --public-key keys/lab.public.pem \\\n"
