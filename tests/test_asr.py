@@ -27,6 +27,9 @@ from valle.audio import AudioError, load_audio, resample
 from valle.hardware import cpu_simd_flags
 
 CLIPS = ("vctk_p243_023", "vctk_p225_002", "kathleen_arctic_a0008_1592748408")
+# at temperature 0 this clip loops on some CPUs of the same kind and not on others (CTranslate2's int8
+# kernels differ), so no test asserts what a greedy decode of it says
+LOOPS_ON_SOME_CPUS = "vctk_p243_023"
 
 
 @pytest.fixture(scope="module")
@@ -71,17 +74,18 @@ def test_real_speech_is_transcribed_or_honestly_flagged(clips, per_item):
 
 
 def test_sampled_fallback_is_seeded_and_flags_exhaustion(clips, real_speech_dir, real_speech_rows):
-    """Genuinely repeated speech: 4x "Please call Stella." fails the compression-ratio check at
-    temperature 0 (2.55 > 2.4) and is re-decoded by sampling; 6x fails it at every temperature. The
-    4x clip must decode the same before and after other sampled decodes (CTranslate2's generator
-    would otherwise carry over from the previous utterance)."""
+    """Genuinely repeated speech: 5x "Please call Stella." fails the compression-ratio check at
+    temperature 0 (3.19 > 2.4, a wide margin; 4x was 2.55, too close to assert on every CPU) and is
+    re-decoded by sampling; 6x fails it at every temperature. The 5x clip must decode the same before
+    and after other sampled decodes (CTranslate2's generator would otherwise carry over from the
+    previous utterance)."""
     row = next((r for r in real_speech_rows if r["id"] == "vctk_p225_001"), None)
     if row is None:
         pytest.skip("vctk_p225_001 is not in the real speech set")
     wav, _ = load_audio(real_speech_dir / row["audio"], sample_rate=WHISPER_SR)
-    x4, x6 = np.tile(wav, 4), np.tile(wav, 6)
+    x5, x6 = np.tile(wav, 5), np.tile(wav, 6)
     asr = FasterWhisperASR(options=ASROptions(temperatures=(0.0, 1.0)))  # fewer temperatures: faster
-    first, rep6, again = asr.transcribe_batch([x4, x6, x4], WHISPER_SR)
+    first, rep6, again = asr.transcribe_batch([x5, x6, x5], WHISPER_SR)
     assert first.temperature == 1.0 and first == again
     assert rep6.fallback_exhausted and rep6.temperature == 1.0 and rep6.compression_ratio > 2.4
 
@@ -129,6 +133,8 @@ def test_seed_tts_eval_convention(fw, clips):
     seed = FasterWhisperASR(options=o)
     assert seed.card()["compat"] == "seed-tts-eval" and seed.card()["timestamps"] is False
     for item_id, (row, wav) in clips.items():
+        if item_id == LOOPS_ON_SOME_CPUS:  # greedy, fallback-free decoding of it loops on some CPUs
+            continue
         # a clear read sentence: greedy decoding gets it mostly right (wide margin, not one clip's bits)
         assert utterance_wer(row["text"], seed.transcribe(wav, WHISPER_SR).text, "seed-tts-eval") < 0.5, (
             item_id
