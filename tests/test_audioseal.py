@@ -22,7 +22,8 @@ from audioseal.loader import AudioSeal
 
 from tests.conftest import tone
 from watermark import Watermarker, WatermarkError, load_watermarker
-from watermark.audioseal_backend import DETECTOR_CARD, GENERATOR_CARD, card_config, sha256_file
+from watermark.audioseal_backend import DETECTOR_CARD, GENERATOR_CARD, card_config
+from watermark.provenance import file_sha256 as sha256_file
 
 PAYLOAD = (1, 0, 1, 1, 0, 0, 1, 0, 1, 1, 1, 0, 0, 0, 1, 1)
 

@@ -50,6 +50,7 @@ import torch
 import torchaudio.functional as AF
 
 from watermark.base import Detection, WatermarkError, check_payload, check_wav, fit_length
+from watermark.provenance import file_sha256
 
 GENERATOR_CARD = "audioseal_wm_16bits"
 DETECTOR_CARD = "audioseal_detector_16bits"
@@ -194,17 +195,9 @@ def resolve_weights(path: str | Path | None, card: str, role: str) -> Path:
     )
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def check_sha256(path: Path, expected: str | None) -> str:
     """Return the file's sha256; raise if ``expected`` is given and differs."""
-    actual = sha256_file(path)
+    actual = file_sha256(path)
     if expected is not None:
         if not re.fullmatch(r"[0-9a-fA-F]{64}", expected):
             raise WatermarkError(f"expected sha256 for {path} must be 64 hex digits, got {expected!r}")

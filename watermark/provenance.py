@@ -100,11 +100,8 @@ def key_fingerprint(public_key: Ed25519PublicKey) -> str:
 
 
 def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def payload_to_str(payload: tuple[int, ...] | list[int] | None) -> str | None:
