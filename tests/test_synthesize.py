@@ -68,6 +68,8 @@ def test_bad_requests_get_clear_errors(generator, prompt_wav, tmp_path):
         generator.synthesize(["Fine."], prompt_wav, "A \x07tone.")
     with pytest.raises(ValueError, match=r"too long|longer"):
         generator.synthesize(["word " * 400], prompt_wav, "A tone.")
+    with pytest.raises(ValueError, match=r"prompt text 0 .*100 words for .* s of audio"):
+        generator.synthesize(["Fine."], prompt_wav, "word " * 100)  # not what a few seconds can say
     with pytest.raises(ValueError, match="no texts"):
         generator.synthesize([], prompt_wav, "A tone.")
     with pytest.raises(WatermarkError, match="not a registered watermark backend"):

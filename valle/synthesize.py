@@ -28,6 +28,7 @@ from valle.generate import (
 )
 from valle.phonemes import Phonemizer, text_to_ids
 from valle.sampling import calibrated
+from valle.text import rate_problem
 from watermark import check_registered
 from watermark.base import Watermarker, WatermarkError, carries_payload
 from watermark.keys import WatermarkKey
@@ -189,6 +190,10 @@ class Generator:
                 else self._prompt_codes(r.prompt_audio, r.prompt_sr)
             )
             if r.mode == "cross_sentence":
+                # a prompt text that cannot be what the prompt audio says (10,000 words on 3 s) is
+                # refused here, as manifests refuse it, not read as if it were
+                if problem := rate_problem(r.prompt_text or "", len(prompt) / frame_rate):
+                    raise ValueError(f"prompt text {i} ({r.id}): {problem}")
                 prompt_ids = self._ids(r.prompt_text or "", f"prompt text {i} ({r.id})")
                 text_ids = self._ids(r.text, f"text {i} ({r.id})")
                 prompted.append(
