@@ -35,7 +35,7 @@ import pandas as pd
 from detection.evaluate import SCORES_FILE, eval_report, evaluate, write_eval
 from detection.split import Clip, split
 from detection.train import CALIBRATION_FOLDS, build_detector, fit_and_calibrate, save_model
-from evaluation.audit.preflight import check_profile
+from evaluation.audit.preflight import ResolvedProfile, check_profile
 from evaluation.audit.state import STAGES, Audit, AuditOptions, StageResult, default_keys, stage_plan
 from evaluation.bypass.asv import run_asv, write_outputs
 from evaluation.bypass.trials import AsvConfig
@@ -69,34 +69,34 @@ def _is_valle(audit: Audit) -> bool:
 
 
 def _watermarker(audit: Audit):
-    if "watermarker" not in audit.cache:
-        p = audit.cache["profile"]
+    if audit.loaded.watermarker is None:
+        p = audit.loaded.profile
         kwargs = dict(p.watermark_kwargs)
         if p.watermark == "keyed":  # the run's watermark key places the mark and derives its payload
             kwargs["key"] = _keys(audit)[2]
-        audit.cache["watermarker"] = load_watermarker(p.watermark, audit.options.device, **kwargs)
-        audit.backends["watermark"] = audit.cache["watermarker"].card()
-    return audit.cache["watermarker"]
+        audit.loaded.watermarker = load_watermarker(p.watermark, audit.options.device, **kwargs)
+        audit.backends["watermark"] = audit.loaded.watermarker.card()
+    return audit.loaded.watermarker
 
 
 def _keys(audit: Audit):
     """(signer, public key, watermark key); the public half is copied into the run directory."""
-    if "keys" not in audit.cache:
+    if audit.loaded.keys is None:
         from cryptography.hazmat.primitives import serialization
 
         signing_path, key_file = default_keys(audit.options)
         signer = load_signing_key(signing_path)
-        audit.cache["keys"] = (signer, signer.public_key(), load_key(key_file))
+        audit.loaded.keys = (signer, signer.public_key(), load_key(key_file))
         pem = signer.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         (audit.dir / "keys").mkdir(exist_ok=True)
         (audit.dir / PUBLIC_KEY).write_bytes(pem)
-    return audit.cache["keys"]
+    return audit.loaded.keys
 
 
 def _run_options(audit: Audit, generate: bool):
-    p, o = audit.cache["profile"], audit.options
+    p, o = audit.loaded.profile, audit.options
     watermark = None
     if generate and _is_valle(audit):
         signer, _, key = _keys(audit)
@@ -169,9 +169,9 @@ def stage_verify(audit: Audit, progress: bool = True) -> dict:
 
 def stage_score(audit: Audit, progress: bool = True) -> dict:
     options = _run_options(audit, generate=False)
-    scorers = audit.cache.get("scorers")
+    scorers = audit.loaded.scorers
     if scorers is None or scorers.config != options.scoring:
-        scorers = audit.cache["scorers"] = Scorers(options.scoring, options.device)
+        scorers = audit.loaded.scorers = Scorers(options.scoring, options.device)
     score(audit.dir, audit.testset, options, ("score",), progress=progress, scorers=scorers)
     audit.backends.update({k: v for k, v in scorers.cards().items() if v is not None})
     scores = _table(audit, "scores", "score")
@@ -204,7 +204,7 @@ def generated_rows(audit: Audit) -> list[dict]:
 
 
 def stage_detect(audit: Audit, progress: bool = True) -> dict:
-    o, p = audit.options, audit.cache["profile"]
+    o, p = audit.options, audit.loaded.profile
     name = audit.options.generator.partition(":")[0]
     clips = [
         Clip(r["id"], str(Path(r["audio"]).resolve()), r["speaker"], 1, "bonafide")
@@ -239,7 +239,7 @@ def stage_detect(audit: Audit, progress: bool = True) -> dict:
 
 
 def stage_asv(audit: Audit, progress: bool = True) -> dict:
-    o, p = audit.options, audit.cache["profile"]
+    o, p = audit.options, audit.loaded.profile
     cm_dir = audit.dir / "detect" / "detector"
     detect_ok = audit.stages["detect"].status == "done" and (cm_dir / "detector.json").is_file()
     config = AsvConfig(
@@ -261,7 +261,7 @@ def stage_asv(audit: Audit, progress: bool = True) -> dict:
 def stage_watermark(audit: Audit, progress: bool = True) -> dict:
     from tqdm import tqdm
 
-    o, p = audit.options, audit.cache["profile"]
+    o, p = audit.options, audit.loaded.profile
     rng = np.random.default_rng(o.seed)
     gen = generated_rows(audit)
     if not gen:
@@ -355,13 +355,13 @@ def run_audit(
 
 def _run_stages(
     audit: Audit,
-    resolved: object,
+    resolved: ResolvedProfile,
     plan: tuple[str, ...],
     only: tuple[str, ...],
     progress: bool,
     log: Callable[[str], None],
 ) -> Audit:
-    audit.cache["profile"] = resolved
+    audit.loaded.profile = resolved
     audit.profile_check = resolved.to_json()
     for name in STAGES:
         if name not in plan:

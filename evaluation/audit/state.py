@@ -33,9 +33,14 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from evaluation.audit.preflight import ResolvedProfile
 from evaluation.runs.rundir import write_json
+from evaluation.scorers.scoring import Scorers
 from evaluation.testsets.testset import TestSet
-from watermark.keys import default_key, default_key_path
+from watermark.base import Watermarker
+from watermark.keys import WatermarkKey, default_key, default_key_path
 from watermark.provenance import generate_signing_key
 
 STAGES = ("generate", "verify", "score", "detect", "asv", "watermark", "report")
@@ -91,6 +96,17 @@ class StageResult:
 
 
 @dataclass
+class Loaded:
+    """What the stages load once per process and share in memory (never written to audit.json)."""
+
+    profile: ResolvedProfile | None = None  # the pre-flight check's backends and files
+    watermarker: Watermarker | None = None
+    # the signing key, its public half, the watermark key
+    keys: tuple[Ed25519PrivateKey, Ed25519PublicKey, WatermarkKey] | None = None
+    scorers: Scorers | None = None
+
+
+@dataclass
 class Audit:
     """The state of one run directory's audit (``audit.json``) plus what the stages share in memory."""
 
@@ -100,7 +116,7 @@ class Audit:
     stages: dict[str, StageResult] = field(default_factory=lambda: {s: StageResult() for s in STAGES})
     backends: dict = field(default_factory=dict)
     started: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
-    cache: dict = field(default_factory=dict)  # models loaded once per process (scorers, watermarker)
+    loaded: Loaded = field(default_factory=Loaded)
     profile_check: dict = field(default_factory=dict)  # resolved backends + file hashes (preflight.py)
 
     def to_json(self) -> dict:
