@@ -213,6 +213,26 @@ def test_score_files_and_unreadable(model, data, tmp_path, capsys):
     assert "a.wav" in capsys.readouterr().out
 
 
+def test_gmm_with_default_calibration_calls_real_speech_bona_fide(data, tmp_path, capsys):
+    """The issue's case: an LFCC-GMM with the default cross-fitted calibration called every file spoof,
+    a real one with p_spoof 1e-6 included. Decisions follow the stored threshold on the right side."""
+    out = tmp_path / "gmm"
+    argv = ["detect", "train", "--bonafide", str(data / "real.jsonl"), "--spoof", str(data / "lowpass.jsonl"),
+            "--model", "lfcc-gmm", "--seed", "1", "--out", str(out)]  # fmt: skip
+    assert cli(argv) == 0
+    capsys.readouterr()
+    real = [data / "wavs" / f"real_spk-{s}_0.wav" for s in "abcd"]
+    fake = [data / "wavs" / f"lowpass_spk-{s}_0.wav" for s in "abcd"]
+    assert cli(["detect", "score", *map(str, real + fake), "--model", str(out), "--json"]) == 0
+    entries = json.loads(capsys.readouterr().out)
+    thr = json.loads((out / "detector.json").read_text())["training"]["eer_threshold"]
+    for e in entries:
+        assert e["decision"] == ("bona fide" if e["score"] >= thr else "spoof")
+    # measured margins: every real clip >= 9.9 above the threshold, every low-passed one >= 33 below
+    assert [e["decision"] for e in entries] == ["bona fide"] * 4 + ["spoof"] * 4
+    assert all(e["p_spoof"] < 0.5 for e in entries[:4]) and all(e["p_spoof"] > 0.5 for e in entries[4:])
+
+
 def test_eval_per_generator_and_condition(model, data, tmp_path, capsys):
     out = tmp_path / "eval"
     argv = [
