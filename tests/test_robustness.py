@@ -248,3 +248,12 @@ def test_bench_refuses_every_unusable_clip_by_name_before_any_work(tmp_path):
     assert sorted(named) == ["clipped.wav", "nan.wav", "one.wav", "silent.wav"]
     assert "full scale" in named["clipped.wav"] and "NaN/Inf" in named["nan.wav"]
     assert "1 samples" in named["one.wav"] and "silent" in named["silent.wav"]
+    # a manifest: an Inf clip and a row whose file is missing are listed with the rest
+    sf.write(tmp_path / "inf.wav", np.where(t < 0.5, 0.1, np.inf).astype(np.float32), sr, subtype="FLOAT")
+    rows = [{"id": n, "audio": f"{n}.wav"} for n in ("good", "inf", "gone", "silent")]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError) as err:
+        bench_cli.load_clips(tmp_path / "m.jsonl")
+    lines = str(err.value).splitlines()
+    assert lines[0].startswith("3 unusable clip(s)")
+    assert "inf.wav: 8000 NaN/Inf" in lines[1] and "not found" in lines[2] and "gone.wav" in lines[2]

@@ -148,7 +148,7 @@ def load_clips(source: Path, max_clips: int | None = None) -> list[tuple[np.ndar
     for path, clip_id in items[:max_clips]:
         try:
             wav, sr = read_mono(path)
-        except ValueError as err:
+        except (ValueError, FileNotFoundError) as err:  # a manifest row's missing file is listed too
             problems.append(str(err))
             continue
         if why := clip_problem(wav, sr):
