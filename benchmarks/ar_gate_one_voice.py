@@ -15,10 +15,14 @@ generated length within +-20% of the truth.
 
 ``--ar-pointer`` trains the AR with the phone pointer (``valle.model``; not in the paper) on the
 same utterances, taken from a corpus that has phone timing (``--corpus data/corpus_phones/...``).
+``--cross-sentence P`` trains a share P of the items after another utterance of the voice, the layout
+that generation uses (not in the paper either).
 
     python benchmarks/ar_gate_one_voice.py [--voice piper-joe-vtl0.92] [--steps 700]
     python benchmarks/ar_gate_one_voice.py --ar-pointer --corpus data/corpus_phones/manifest.jsonl \
         --out runs/ar_gate_one_voice_pointer --name ar_gate_one_voice_pointer
+    python benchmarks/ar_gate_one_voice.py --ar-pointer --cross-sentence 0.5 --corpus data/corpus_phones/manifest.jsonl \
+        --out runs/ar_gate_one_voice_pointer_cs --name ar_gate_one_voice_pointer_cs
     python benchmarks/ar_gate_one_voice.py --skip-train ...    # score an existing run again
 """
 
@@ -50,6 +54,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=700)
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "ar_gate_one_voice")
     ap.add_argument("--ar-pointer", action="store_true", help="train the AR with the phone pointer")
+    ap.add_argument("--cross-sentence", type=float, default=0.0, help="share of items trained after another utterance")
     ap.add_argument("--skip-train", action="store_true", help="score the checkpoint already in --out")
     ap.add_argument("--name", default="ar_gate_one_voice", help="results file name")
     args = ap.parse_args()
@@ -71,6 +76,7 @@ def main() -> None:
             "train", "--manifest", str(subsets["train"]), "--out", str(args.out), "--preset", "tiny",
             "--parts", "ar", "--max-steps", str(args.steps), "--ckpt-every", str(args.steps),
             "--codec", args.codec, "--no-progress", *(["--ar-pointer"] if args.ar_pointer else []),
+            "--cross-sentence", str(args.cross_sentence),
         ]  # fmt: skip
         if valle(train) != 0:
             raise SystemExit("training failed")
@@ -88,6 +94,7 @@ def main() -> None:
         "codec": args.codec,
         "steps": ckpt.step,
         "ar_pointer": args.ar_pointer,
+        "cross_sentence": ckpt.extra["train_config"]["cross_sentence"],
     }
     if minutes is not None:
         figures["train_minutes"] = minutes

@@ -10,6 +10,7 @@ no training corpus contains. Outputs go through the public API, so they are wate
   speaker's corpus utterances vs to every other speaker's; "clearly above" means own > others.
 
     python benchmarks/demo_checkpoint.py [--checkpoint checkpoints/demo] [--corpus data/corpus]
+    python benchmarks/demo_checkpoint.py --engine piper --speakers 8 --per-speaker 3 --name NAME
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints" / "demo")
     ap.add_argument("--corpus", type=Path, default=ROOT / "data" / "corpus")
     ap.add_argument("--speakers", type=int, default=12)
+    ap.add_argument("--engine", choices=("espeak", "piper"), default=None, help="only this engine's voices")
     ap.add_argument("--per-speaker", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "demo_eval")
@@ -56,7 +58,7 @@ def main() -> None:
     encoder = VoiceEncoder("cpu", verbose=False)
     corpus = read_manifest(args.corpus / "manifest.jsonl")
     speakers = by_speaker(u for u in corpus if u.extra.get("split") == "train")
-    names = sorted(speakers)
+    names = sorted(s for s, utts in speakers.items() if args.engine in (None, utts[0].extra.get("engine")))
     chosen = names[:: max(1, len(names) // args.speakers)][: args.speakers]
     targets = heldout_sentences()
 
