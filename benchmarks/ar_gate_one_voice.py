@@ -21,7 +21,8 @@ that generation uses (not in the paper either).
     python benchmarks/ar_gate_one_voice.py [--voice piper-joe-vtl0.92] [--steps 700]
     python benchmarks/ar_gate_one_voice.py --ar-pointer --corpus data/corpus_phones/manifest.jsonl \
         --out runs/ar_gate_one_voice_pointer --name ar_gate_one_voice_pointer
-    python benchmarks/ar_gate_one_voice.py --ar-pointer --cross-sentence 0.5 --corpus data/corpus_phones/manifest.jsonl \
+    python benchmarks/ar_gate_one_voice.py --ar-pointer --cross-sentence 0.5 \
+        --corpus data/corpus_phones/manifest.jsonl \
         --out runs/ar_gate_one_voice_pointer_cs --name ar_gate_one_voice_pointer_cs
     python benchmarks/ar_gate_one_voice.py --skip-train ...    # score an existing run again
 """
@@ -54,7 +55,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=700)
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "ar_gate_one_voice")
     ap.add_argument("--ar-pointer", action="store_true", help="train the AR with the phone pointer")
-    ap.add_argument("--cross-sentence", type=float, default=0.0, help="share of items trained after another utterance")
+    ap.add_argument(
+        "--cross-sentence", type=float, default=0.0, help="share of items trained after another utterance"
+    )
     ap.add_argument("--skip-train", action="store_true", help="score the checkpoint already in --out")
     ap.add_argument("--name", default="ar_gate_one_voice", help="results file name")
     args = ap.parse_args()
