@@ -58,6 +58,7 @@ def main() -> None:
     ap.add_argument(
         "--cross-sentence", type=float, default=0.0, help="share of items trained after another utterance"
     )
+    ap.add_argument("--ckpt-every", type=int, default=None, help="checkpoint interval (default: --steps)")
     ap.add_argument("--skip-train", action="store_true", help="score the checkpoint already in --out")
     ap.add_argument("--name", default="ar_gate_one_voice", help="results file name")
     args = ap.parse_args()
@@ -77,7 +78,8 @@ def main() -> None:
         started = time.monotonic()
         train = [
             "train", "--manifest", str(subsets["train"]), "--out", str(args.out), "--preset", "tiny",
-            "--parts", "ar", "--max-steps", str(args.steps), "--ckpt-every", str(args.steps),
+            "--parts", "ar", "--max-steps", str(args.steps),
+            "--ckpt-every", str(args.ckpt_every or args.steps),
             "--codec", args.codec, "--no-progress", *(["--ar-pointer"] if args.ar_pointer else []),
             "--cross-sentence", str(args.cross_sentence),
         ]  # fmt: skip
