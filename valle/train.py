@@ -26,19 +26,15 @@ prompt. The means are over all target tokens of the step, across micro-batches a
 token counts are all-reduced before the backward pass), so gradients do not depend on how a batch
 is split between ranks or accumulation steps.
 
-Checkpoints (``valle.checkpoint``) go to ``out_dir/last/`` via a temp folder and a rename; the
-optimizer file also holds every rank's RNG states, and ``extra`` holds the data position, so a
-resumed run repeats exactly what an uninterrupted run would have done. ``out_dir/log.jsonl``
-gets one JSON line per logged step.
+Checkpoints go to ``out_dir/last/`` (``valle.train_checkpoint``: atomic, with every rank's RNG states
+and the data position, so a resumed run repeats exactly what an uninterrupted run would have done);
+``out_dir/log.jsonl`` gets one JSON line per logged step.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -51,15 +47,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from valle.checkpoint import CheckpointError, load_checkpoint, load_optimizer_state, save_checkpoint
 from valle.codec.base import CodecCard
 from valle.data import TEXT_HAS_BOS_EOS, Batch, Item, LengthBucketSampler, TokenDataset, collate
+from valle.distributed import DistInfo, setup_distributed
 from valle.hardware import bf16_autocast_ok
-from valle.model import IGNORE, PRESETS, VALLE, VALLEConfig, lengths_to_mask, make_config
+from valle.model import IGNORE, PRESETS, VALLE, lengths_to_mask, make_config
 from valle.phonemes import SymbolTable
 from valle.sampling import SamplingOptions, calibrate_ras_threshold
+from valle.train_checkpoint import init_from, resume, resume_dir, truncate_log, write_checkpoint
 
-LAST = "last"
 LOG = "log.jsonl"
 PARTS = ("ar+nar", "ar", "nar")
 
@@ -120,42 +116,6 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.cross_sentence must be in [0, 1], got {self.cross_sentence}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"TrainConfig.device: expected auto, cpu or cuda, got {self.device!r}")
-
-
-# --- distributed ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int
-    local_rank: int
-    world_size: int
-    device: torch.device
-
-    @property
-    def is_master(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def setup_distributed(device: str = "auto") -> DistInfo:
-    """Rank and device from torchrun's environment; joins the process group once (gloo/nccl)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if use_cuda and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but CUDA is not available")
-    if use_cuda:
-        dev = torch.device("cuda", local_rank)
-        torch.cuda.set_device(dev)
-    else:
-        dev = torch.device("cpu")
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return DistInfo(rank, local_rank, world_size, dev)
 
 
 # --- losses --------------------------------------------------------------------------------------
@@ -377,152 +337,6 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool = False) -> 
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fused)
 
 
-def _rng_state(device: torch.device, gens: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:
-    state = {name: g.get_state() for name, g in gens.items()}
-    state["torch"] = torch.get_rng_state()
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device, gens: dict[str, torch.Generator]):
-    for name, g in gens.items():
-        g.set_state(state[name])
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _resume_dir(out_dir: Path) -> Path | None:
-    # last.old survives only if a run died between the two renames of _save; it is then complete
-    for name in (LAST, f"{LAST}.old"):
-        if (out_dir / name / "config.json").is_file():
-            return out_dir / name
-    return None
-
-
-def _save(
-    out_dir: Path, model: VALLE, dataset: TokenDataset, step: int, opt_state: dict, extra: dict
-) -> Path:
-    """Write the checkpoint into a temp folder, then swap it in for ``out_dir/last`` by renames."""
-    tmp, last, old = out_dir / f".{LAST}.tmp", out_dir / LAST, out_dir / f"{LAST}.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_checkpoint(
-        tmp, model, dataset.symbols, dataset.codec_card, step, optimizer_state=opt_state, extra=extra
-    )
-    if last.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(last, old)
-    os.replace(tmp, last)
-    shutil.rmtree(old, ignore_errors=True)
-    return last
-
-
-def _check_resumable(ckpt_dir: Path, model_cfg: VALLEConfig, dataset: TokenDataset):
-    ckpt = load_checkpoint(ckpt_dir)
-    dataset.codec_card.check_compatible(ckpt.codec, what=f"checkpoint {ckpt_dir}")
-    if ckpt.symbols != dataset.symbols:
-        raise CheckpointError(f"{ckpt_dir}: phoneme symbol table differs from the token cache's")
-    if ckpt.config != model_cfg:
-        diff = {
-            k: (v, getattr(model_cfg, k))
-            for k, v in asdict(ckpt.config).items()
-            if getattr(model_cfg, k) != v
-        }
-        raise CheckpointError(f"{ckpt_dir}: model config differs from this run's (checkpoint vs now: {diff})")
-    opt = load_optimizer_state(ckpt_dir)
-    if opt is None:
-        raise CheckpointError(f"{ckpt_dir}: no optimizer state; cannot resume training from it")
-    return ckpt, opt
-
-
-def _init_from(path: Path, model: VALLE, dataset: TokenDataset) -> None:
-    """Load another checkpoint's weights into a new run's ``model`` (see ``TrainConfig.init_from``)."""
-    ckpt = load_checkpoint(path)
-    dataset.codec_card.check_compatible(ckpt.codec, what=f"checkpoint {path}")
-    if ckpt.symbols != dataset.symbols:
-        raise CheckpointError(f"{path}: phoneme symbol table differs from the token cache's")
-    shape = ("d_model", "n_heads", "n_layers", "d_ff", "n_codebooks", "codebook_size", "tie_nar_heads")
-    diff = {
-        k: (getattr(ckpt.config, k), getattr(model.cfg, k))
-        for k in shape
-        if getattr(ckpt.config, k) != getattr(model.cfg, k)
-    }
-    if diff:
-        raise CheckpointError(
-            f"{path}: cannot initialise from it, model shapes differ (checkpoint vs now: {diff})"
-        )
-    state, own = ckpt.model.state_dict(), model.state_dict()
-    extra = sorted(state.keys() - own.keys())
-    if extra:
-        raise CheckpointError(f"{path}: has parameters this model lacks: {', '.join(extra[:5])}")
-    model.load_state_dict(state, strict=False)
-
-
-def _resume(
-    ckpt_dir: Path,
-    model: VALLE,
-    optimizer: torch.optim.Optimizer,
-    dataset: TokenDataset,
-    info: DistInfo,
-    gens: dict[str, torch.Generator],
-) -> tuple[int, int, int]:
-    """Load weights, optimizer and this rank's RNG states; returns (step, epoch, batch position)."""
-    ckpt, opt_state = _check_resumable(ckpt_dir, model.cfg, dataset)
-    model.load_state_dict(ckpt.model.state_dict())
-    optimizer.load_state_dict(opt_state["optimizer"])
-    position = ckpt.extra["data"]
-    if position["world_size"] == info.world_size:
-        _set_rng_state(opt_state["rng"][info.rank], info.device, gens)
-        return ckpt.step, position["epoch"], position["batch"]
-    # batches are sharded per world size, so the old position means nothing with another one
-    if info.is_master:
-        print(
-            f"resuming {ckpt_dir} with {info.world_size} ranks instead of {position['world_size']}: "
-            f"starting epoch {position['epoch'] + 1} afresh, RNGs not restored",
-            file=sys.stderr,
-        )
-    return ckpt.step, position["epoch"] + 1, 0
-
-
-def _checkpoint(
-    out_dir: Path,
-    model: VALLE,
-    optimizer: torch.optim.Optimizer,
-    dataset: TokenDataset,
-    step: int,
-    extra: dict,
-    info: DistInfo,
-    gens: dict[str, torch.Generator],
-) -> None:
-    """Collective: every rank contributes its RNG states, rank 0 writes ``out_dir/last``."""
-    rngs = [{k: v.cpu() for k, v in _rng_state(info.device, gens).items()}]
-    if info.distributed:
-        gathered: list = [None] * info.world_size
-        dist.all_gather_object(gathered, rngs[0])
-        rngs = gathered
-    if info.is_master:
-        _save(out_dir, model, dataset, step, {"optimizer": optimizer.state_dict(), "rng": rngs}, extra)
-    if info.distributed:
-        dist.barrier()  # nobody runs ahead (or exits) while rank 0 writes
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop lines logged after the checkpoint we resume from, so the log reads as one run."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                keep.append(line)
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue  # a line cut short by the kill
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, path)
-
-
 # --- the loop ------------------------------------------------------------------------------------
 
 
@@ -569,14 +383,14 @@ def train(
     ras_window = SamplingOptions().ras_window
     ras_threshold, ras_rate = calibrate_ras_threshold(dataset.codebook1(), ras_window)
     step, epoch, pos, resumed_from = 0, 0, 0, None
-    ckpt_dir = _resume_dir(out_dir)
+    ckpt_dir = resume_dir(out_dir)
     if ckpt_dir is not None:
-        step, epoch, pos = _resume(ckpt_dir, model, optimizer, dataset, info, gens)
+        step, epoch, pos = resume(ckpt_dir, model, optimizer, dataset, info, gens)
         resumed_from = step
         if info.is_master:
-            _truncate_log(out_dir / LOG, step)
+            truncate_log(out_dir / LOG, step)
     elif cfg.init_from is not None:
-        _init_from(Path(cfg.init_from), model, dataset)
+        init_from(Path(cfg.init_from), model, dataset)
 
     module = wrap_model(model, info, cfg.parts)
     autocast = cfg.bf16 and bf16_autocast_ok(device)
@@ -663,7 +477,7 @@ def train(
                     # repetition-aware sampling calibrated on this codec's ground-truth codebook 1
                     "ras": {"window": ras_window, "threshold": ras_threshold, "ground_truth_rate": ras_rate},
                 }
-                _checkpoint(out_dir, model, optimizer, dataset, step, extra, info, gens)
+                write_checkpoint(out_dir, model, optimizer, dataset, step, extra, info, gens)
     finally:
         bar.close()
         if log_file is not None:

@@ -15,9 +15,11 @@ import torch.distributed as dist
 from valle.checkpoint import WEIGHTS, export_checkpoint, read_config
 from valle.codec import CODECS, DEFAULT_CODEC, load_codec
 from valle.data import PrepareOptions, prepare_tokens
+from valle.distributed import setup_distributed
 from valle.model import PRESETS
 from valle.phonemes import Phonemizer, SymbolTable
-from valle.train import LAST, PARTS, TrainConfig, setup_distributed, train
+from valle.train import PARTS, TrainConfig, train
+from valle.train_checkpoint import LAST
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
