@@ -98,7 +98,7 @@ def main() -> None:
         "voice": args.voice,
         "codec": args.codec,
         "steps": ckpt.step,
-        "ar_pointer": args.ar_pointer,
+        "ar_pointer": ckpt.config.ar_pointer,
         "cross_sentence": ckpt.extra["train_config"]["cross_sentence"],
     }
     if minutes is not None:

@@ -41,7 +41,7 @@ from torch import nn
 
 from evaluation.scorers.asr import FasterWhisperASR
 from evaluation.scorers.wer import word_error_rate
-from valle.alignment import AlignmentError, token_durations
+from valle.alignment import AlignmentError, spaced_durations, token_durations
 from valle.audio import load_audio
 from valle.checkpoint import Checkpoint
 from valle.codec.base import Codec
@@ -49,7 +49,7 @@ from valle.corpus.phones import PhonesError, read_phones
 from valle.generate import GenerationOptions, ar_generate, cross_sentence_inputs, max_new_frames, nar_generate
 from valle.manifest import Utterance
 from valle.model import VALLE, lengths_to_mask
-from valle.phonemes import Phonemizer, text_to_ids
+from valle.phonemes import Phonemizer
 from valle.sampling import calibrated
 
 PROMPT_FRACTION, PROMPT_MAX_FRAMES = 1 / 3, 225  # NAR prefix prompt for the per-stage statistics
@@ -81,12 +81,12 @@ def encode_examples(
     out = []
     for u in utts:
         wav, sr = load_audio(u.audio, codec.sample_rate)
-        ids = text_to_ids(u.text, ckpt.symbols, phonemizer)[0] if ckpt is not None else []
+        tokens = phonemizer.phonemize(u.text) if ckpt is not None else []
+        ids = ckpt.symbols.encode(tokens) if ckpt is not None else []  # unknown symbols -> <unk>
         codes = codec.encode(wav, sr, name=str(u.audio))
         durations = None
         if ckpt is not None and ckpt.model.cfg.ar_pointer:
             try:
-                tokens = phonemizer.phonemize(u.text)
                 durations = token_durations(tokens, read_phones(u.audio), len(codes), codec.card.frame_rate)
             except (PhonesError, AlignmentError):
                 durations = None  # no timing: left out of the pointer AR's teacher-forced figures
@@ -188,12 +188,7 @@ def mismatched_example(examples: Sequence[Example], i: int) -> Example:
 
 def stretch_durations(durations: Sequence[int], n_frames: int) -> list[int]:
     """Frames per phoneme scaled to sum to ``n_frames`` (each >= 1; needs n_frames >= len)."""
-    edges = np.rint(np.cumsum([0, *durations]) * n_frames / sum(durations)).astype(int)
-    for k in range(1, len(edges) - 1):
-        edges[k] = max(edges[k], edges[k - 1] + 1)
-    for k in range(len(edges) - 2, 0, -1):
-        edges[k] = min(edges[k], edges[k + 1] - 1)
-    return np.diff(edges).tolist()
+    return spaced_durations(np.rint(np.cumsum([0, *durations]) * n_frames / sum(durations)))
 
 
 @torch.inference_mode()

@@ -52,6 +52,7 @@ METRIC_ROLE = {
     "duration_ratio": "rule on audio length",
     "repetition_ratio": "rule on generated codes",
 }
+# watermark.verify.VERDICTS, in its order (a leaf package may not import another; a test keeps them equal)
 VERDICTS = (
     "authentic",
     "altered_copy",

@@ -592,3 +592,11 @@ def test_text_is_escaped(full_run):
     page = paths["html"].read_text()
     assert "<script" not in page and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; friends" in page
     assert "reason <b>" not in page and "reason &lt;b&gt;" in page
+
+
+def test_scorecard_lists_the_verdicts_verify_gives_in_its_order():
+    """reports is a leaf and keeps its own copy of watermark.verify.VERDICTS: they must not drift."""
+    from reports.sections import VERDICTS as shown
+    from watermark.verify import VERDICTS
+
+    assert shown == VERDICTS

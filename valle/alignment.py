@@ -32,7 +32,7 @@ import numpy as np
 from valle.corpus.phones import SILENCE
 from valle.phonemes import PUNCTUATION
 
-__all__ = ["ALIGNMENT_VERSION", "AlignmentError", "token_durations", "token_letters"]
+__all__ = ["ALIGNMENT_VERSION", "AlignmentError", "spaced_durations", "token_durations", "token_letters"]
 
 ALIGNMENT_VERSION = 1  # bump when token_durations changes: token caches with alignments rebuild
 
@@ -98,10 +98,19 @@ def token_durations(
         cursor = bounds[i] if np.isnan(token_end[i]) else max(bounds[i], token_end[i])
     frames = np.rint(bounds * frame_rate).astype(np.int64)
     frames[0], frames[n] = 0, n_frames
-    for i in range(1, n):  # at least one frame each: push forward, then pull back from the end
-        frames[i] = max(frames[i], frames[i - 1] + 1)
+    return spaced_durations(frames)
+
+
+def spaced_durations(edges: np.ndarray) -> list[int]:
+    """Frames per token from integer boundaries ``edges`` [n + 1] (``edges[0]`` = 0, ``edges[n]`` = the
+    frame count >= n), moved just enough that every token gets at least one frame: pushed forward,
+    then pulled back from the end."""
+    edges = np.array(edges, dtype=np.int64)
+    n = len(edges) - 1
+    for i in range(1, n):
+        edges[i] = max(edges[i], edges[i - 1] + 1)
     for i in range(n - 1, 0, -1):
-        frames[i] = min(frames[i], frames[i + 1] - 1)
-    durations = np.diff(frames)
-    assert durations.min() >= 1 and durations.sum() == n_frames
+        edges[i] = min(edges[i], edges[i + 1] - 1)
+    durations = np.diff(edges)
+    assert durations.min() >= 1 and durations.sum() == edges[n]
     return durations.tolist()

@@ -177,12 +177,8 @@ def draw_items(
     word_id = dataset.symbols.word_id
     for i in indices:
         item = dataset[i]
-        others = [j for j in by_speaker[item.speaker] if j != i]
-        if (
-            cfg.cross_sentence > 0
-            and others
-            and float(torch.rand(1, generator=generator)) < cfg.cross_sentence
-        ):
+        others = [j for j in by_speaker[item.speaker] if j != i] if cfg.cross_sentence > 0 else []
+        if others and float(torch.rand(1, generator=generator)) < cfg.cross_sentence:
             j = others[int(torch.randint(len(others), (1,), generator=generator))]
             item, plen = cross_sentence_item(item, dataset[j], cfg.nar_prompt_max_frames, word_id)
             fixed.append(plen)
@@ -225,7 +221,7 @@ class LossModule(nn.Module):
                 if durations is None:
                     raise ValueError(
                         "the AR's phone pointer needs frames per phoneme: prepare the token cache "
-                        "with alignments (valle train --alignments, a corpus with phones files)"
+                        "with alignments (valle train --ar-pointer, a corpus with phones files)"
                     )
                 logits, targets, adv_logits, adv_targets = self.model.ar.forward_pointer(
                     text, text_lens, codes[..., 0], audio_lens, durations, prompt_lens

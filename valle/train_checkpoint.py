@@ -17,7 +17,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from valle.checkpoint import CheckpointError, load_checkpoint, load_optimizer_state, save_checkpoint
+from valle.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    load_optimizer_state,
+    save_checkpoint,
+)
 from valle.data import TokenDataset
 from valle.distributed import DistInfo
 from valle.model import VALLE, VALLEConfig
@@ -66,11 +72,17 @@ def save_last(
     return last
 
 
-def check_resumable(ckpt_dir: Path, model_cfg: VALLEConfig, dataset: TokenDataset):
-    ckpt = load_checkpoint(ckpt_dir)
-    dataset.codec_card.check_compatible(ckpt.codec, what=f"checkpoint {ckpt_dir}")
+def _load_for(path: Path, dataset: TokenDataset) -> Checkpoint:
+    """The checkpoint at ``path``, refused unless its codec and symbol table are the token cache's."""
+    ckpt = load_checkpoint(path)
+    dataset.codec_card.check_compatible(ckpt.codec, what=f"checkpoint {path}")
     if ckpt.symbols != dataset.symbols:
-        raise CheckpointError(f"{ckpt_dir}: phoneme symbol table differs from the token cache's")
+        raise CheckpointError(f"{path}: phoneme symbol table differs from the token cache's")
+    return ckpt
+
+
+def check_resumable(ckpt_dir: Path, model_cfg: VALLEConfig, dataset: TokenDataset):
+    ckpt = _load_for(ckpt_dir, dataset)
     if ckpt.config != model_cfg:
         diff = {
             k: (v, getattr(model_cfg, k))
@@ -86,10 +98,7 @@ def check_resumable(ckpt_dir: Path, model_cfg: VALLEConfig, dataset: TokenDatase
 
 def init_from(path: Path, model: VALLE, dataset: TokenDataset) -> None:
     """Load another checkpoint's weights into a new run's ``model`` (see ``TrainConfig.init_from``)."""
-    ckpt = load_checkpoint(path)
-    dataset.codec_card.check_compatible(ckpt.codec, what=f"checkpoint {path}")
-    if ckpt.symbols != dataset.symbols:
-        raise CheckpointError(f"{path}: phoneme symbol table differs from the token cache's")
+    ckpt = _load_for(path, dataset)
     shape = ("d_model", "n_heads", "n_layers", "d_ff", "n_codebooks", "codebook_size", "tie_nar_heads")
     diff = {
         k: (getattr(ckpt.config, k), getattr(model.cfg, k))
