@@ -25,6 +25,7 @@ that generation uses (not in the paper either).
         --corpus data/corpus_phones/manifest.jsonl \
         --out runs/ar_gate_one_voice_pointer_cs --name ar_gate_one_voice_pointer_cs
     python benchmarks/ar_gate_one_voice.py --skip-train ...    # score an existing run again
+    python benchmarks/ar_gate_one_voice.py --resume --steps 1500 ...    # train an existing run further
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ def main() -> None:
     )
     ap.add_argument("--ckpt-every", type=int, default=None, help="checkpoint interval (default: --steps)")
     ap.add_argument("--skip-train", action="store_true", help="score the checkpoint already in --out")
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out to --steps (its cosine schedule stretches to the new --steps)",
+    )
     ap.add_argument("--name", default="ar_gate_one_voice", help="results file name")
     args = ap.parse_args()
 
@@ -73,8 +79,9 @@ def main() -> None:
         subsets[name].write_text("\n".join(rows) + "\n")
     minutes = None
     if not args.skip_train:
-        if args.out.exists():
+        if args.out.exists() and not args.resume:
             shutil.rmtree(args.out)  # a fresh run: the figure is for exactly --steps steps
+        started_at = load_checkpoint(args.out / "last").step if (args.out / "last").exists() else 0
         started = time.monotonic()
         train = [
             "train", "--manifest", str(subsets["train"]), "--out", str(args.out), "--preset", "tiny",
@@ -85,7 +92,8 @@ def main() -> None:
         ]  # fmt: skip
         if valle(train) != 0:
             raise SystemExit("training failed")
-        minutes = round((time.monotonic() - started) / 60, 1)
+        # wall time of this call's steps only: a resumed run's earlier calls are not in it
+        minutes = round((time.monotonic() - started) / 60, 1) if started_at == 0 else None
     report = args.out / "diagnose.json"
     cmd = ["diagnose", "--checkpoint", str(args.out / "last"), "--no-asr", "--out", str(report)]
     for path in subsets.values():
