@@ -11,7 +11,11 @@ from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
+import sklearn
+import torch
+import torchaudio
 from scipy.special import expit
+from tqdm import tqdm
 
 from detection.features import Controls, check_wav, preprocess
 from detection.io import DetectorFileError, load_model_dir, read_meta, save_model_dir
@@ -67,7 +71,6 @@ def progress_iter(items, progress: bool, desc: str):
     """``items``, with a tqdm bar when ``progress``."""
     if not progress:
         return items
-    from tqdm import tqdm
 
     return tqdm(items, desc=desc, leave=False)
 
@@ -182,10 +185,6 @@ class BaseDetector(ABC):
 
 
 def _versions() -> dict:
-    import sklearn
-    import torch
-    import torchaudio
-
     return {
         "torch": torch.__version__,
         "torchaudio": torchaudio.__version__,

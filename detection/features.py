@@ -51,6 +51,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+import torchaudio.functional as AF
+import torchaudio.transforms as AT
 
 LOG_OFFSET = 1e-6  # torchaudio's log_lf offset; power spectra of float audio in [-1, 1]
 
@@ -124,11 +126,10 @@ def preprocess(wav: np.ndarray, sr: int, controls: Controls) -> tuple[np.ndarray
     wav = check_wav(wav, sr)
     sr = int(sr)
     if controls.sample_rate is not None and sr != controls.sample_rate:
-        import torchaudio.functional as AF
-
         wav = AF.resample(torch.from_numpy(np.ascontiguousarray(wav)), sr, controls.sample_rate).numpy()
         sr = controls.sample_rate
     if controls.trim_silence:
+        # librosa's effects pull in numba; only pre-emphasis/trimming paths need them
         import librosa
 
         # 25 ms frames, 6.25 ms hop (as valle.audio.trim_silence): librosa's default 2048-sample frames
@@ -213,8 +214,6 @@ def lfcc(
     ``T = 1 + (N - win) // hop`` (no centre padding, as in the baseline's framing). ``n_lfcc`` and
     ``deltas`` override ``config`` (default ``LfccConfig.gmm()``).
     """
-    import torchaudio.functional as AF
-    import torchaudio.transforms as AT
 
     cfg = config or LfccConfig()
     if n_lfcc != cfg.n_lfcc or deltas != cfg.deltas:
@@ -260,7 +259,6 @@ def logmel(
     wav: np.ndarray, sr: int, n_mels: int = 64, win_ms: float = 20.0, hop_ms: float = 10.0
 ) -> np.ndarray:
     """Log-mel spectrogram of one clip: ``wav [N]`` -> ``[T, n_mels]`` float32 (ln of power + 1e-6)."""
-    import torchaudio.transforms as AT
 
     wav = check_wav(wav, sr)
     win, hop, n_fft = _frame_sizes(int(sr), win_ms, hop_ms, 512)

@@ -22,6 +22,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
 
 FORMAT = "valle-detector"
 VERSION = 1
@@ -56,7 +58,6 @@ def save_model_dir(path: str | Path, meta: dict, arrays: dict[str, dict[str, np.
     not exist, be empty, or hold a previous model (which is replaced); any other directory or a file
     there is refused rather than overwritten.
     """
-    from safetensors.numpy import save_file
 
     path = Path(path)
     if path.exists():
@@ -129,8 +130,6 @@ def read_meta(path: str | Path) -> dict:
 
 def load_model_dir(path: str | Path) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
     """Read a model directory: ``(meta, {file name: {tensor name: array}})``, every file's sha256 checked."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
 
     path = Path(path)
     meta = read_meta(path)

@@ -33,6 +33,11 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.mixture import GaussianMixture
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
 
 from detection.base import CLASS_NAMES, BaseDetector, Waveform, get_array, progress_iter
 from detection.features import Controls, LfccConfig, lfcc
@@ -89,8 +94,6 @@ class LfccGmm(_LfccDetector):
         return cls(n_components=cls.PAPER_COMPONENTS, max_iter=10, **kwargs)
 
     def _new_gmm(self):
-        from sklearn.mixture import GaussianMixture
-
         return GaussianMixture(
             n_components=self.n_components,
             covariance_type="diag",
@@ -101,8 +104,6 @@ class LfccGmm(_LfccDetector):
         )
 
     def _fit(self, feats: list[np.ndarray], labels: np.ndarray, progress: bool) -> dict:
-        from sklearn.exceptions import ConvergenceWarning
-
         rng = np.random.default_rng(self.seed)
         summary: dict = {}
         for value in progress_iter([1, 0], progress, "GMM"):
@@ -209,10 +210,6 @@ class LfccLogReg(_LfccDetector):
         self.pipeline = None
 
     def _new_pipeline(self):
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import Pipeline
-        from sklearn.preprocessing import StandardScaler
-
         return Pipeline(
             [("scaler", StandardScaler()), ("lr", LogisticRegression(C=self.C, max_iter=self.max_iter))]
         )
@@ -271,6 +268,7 @@ class LfccLogReg(_LfccDetector):
 
 
 def detector_kinds() -> dict[str, type[BaseDetector]]:
+    # detection.cnn imports this module's base classes: a module-level import would be a circle
     from detection.cnn import LcnnDetector
 
     return {c.kind: c for c in (LfccGmm, LfccLogReg, LcnnDetector)}

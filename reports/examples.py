@@ -18,7 +18,10 @@ from html import escape
 from pathlib import Path
 from urllib.parse import quote
 
+import numpy as np
 import pandas as pd
+import soundfile as sf
+from scipy.signal import resample_poly
 
 from reports.inputs import InputError, RunInputs
 
@@ -89,9 +92,6 @@ def _example(ctx: RunInputs, row: dict) -> dict:
 
 def audio_data_uri(path: str | Path, max_seconds: float = MAX_AUDIO_S) -> str:
     """``data:audio/wav;base64,...``: ``path`` as 16 kHz mono 16-bit PCM WAV, cut to ``max_seconds``."""
-    import numpy as np
-    import soundfile as sf
-    from scipy.signal import resample_poly
 
     wav, sr = sf.read(str(path), dtype="float32", always_2d=True)  # [T, C]
     x = wav.mean(axis=1)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from scipy.stats import binomtest
+
 NUMBER_KEYS = ("value", "low", "high", "n", "backend")
 WILSON_NOTE = "Wilson 95% score interval computed by the scorecard from the count"
 
@@ -72,7 +74,6 @@ def from_metric(metric: Any, backend: str | None, note: str | None = None) -> di
 
 def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float] | None:
     """Wilson score interval of ``k`` successes in ``n`` trials; None when ``n == 0``."""
-    from scipy.stats import binomtest
 
     if n <= 0:
         return None

@@ -56,12 +56,15 @@ import os
 import traceback
 import uuid
 from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from reports import sections as S
 from reports.examples import N_EXAMPLES, select_examples
+from reports.html import render_html, render_html_error
 from reports.inputs import InputError, RunInputs
+from reports.markdown import render_markdown
 
 FORMAT = "valle-scorecard"
 SCHEMA_VERSION = 1
@@ -202,8 +205,6 @@ def reproducibility(ctx: RunInputs, stage_problem: str | None) -> dict:
 
 
 def _versions(packages: tuple[str, ...]) -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-
     out: dict[str, str | None] = {}
     for name in packages:
         try:
@@ -322,8 +323,6 @@ def write_scorecard(run_dir: str | Path, n_examples: int = N_EXAMPLES) -> dict[s
     temporary file, then renamed) and return ``{"json", "md", "html"}`` paths. All three are written
     even when stage outputs are missing or corrupt; a renderer that fails leaves a page with its error.
     """
-    from reports.html import render_html, render_html_error
-    from reports.markdown import render_markdown
 
     run = Path(run_dir)
     if not run.is_dir():

@@ -245,7 +245,7 @@ def test_missing_or_broken_metadata(saved_logreg, tmp_path):
 
 
 def test_writing_is_atomic(saved_logreg, separable, tmp_path, monkeypatch):
-    import safetensors.numpy
+    import detection.io
 
     det = load_detector(saved_logreg)
     # A directory that is not a model is never overwritten.
@@ -259,7 +259,7 @@ def test_writing_is_atomic(saved_logreg, separable, tmp_path, monkeypatch):
     def broken_save(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.numpy, "save_file", broken_save)
+    monkeypatch.setattr(detection.io, "save_file", broken_save)
     with pytest.raises(OSError, match="disk full"):
         det.save(tmp_path / "model")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]
@@ -267,7 +267,7 @@ def test_writing_is_atomic(saved_logreg, separable, tmp_path, monkeypatch):
     monkeypatch.undo()
     det.save(tmp_path / "model")
     before = (tmp_path / "model" / "detector.json").read_text()
-    monkeypatch.setattr(safetensors.numpy, "save_file", broken_save)
+    monkeypatch.setattr(detection.io, "save_file", broken_save)
     with pytest.raises(OSError, match="disk full"):
         det.save(tmp_path / "model")
     assert (tmp_path / "model" / "detector.json").read_text() == before

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyloudnorm
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
@@ -123,8 +124,6 @@ def peak_normalize(wav: np.ndarray, peak_db: float = -1.0) -> np.ndarray:
 
 def loudness(wav: np.ndarray, sr: int) -> float:
     """Integrated loudness in LUFS (ITU-R BS.1770-4, via pyloudnorm)."""
-    import pyloudnorm
-
     return float(pyloudnorm.Meter(sr, block_size=min(0.400, len(wav) / sr)).integrated_loudness(wav))
 
 
@@ -146,6 +145,7 @@ def loudness_normalize(wav: np.ndarray, sr: int, target_lufs: float = -23.0) -> 
 
 def trim_silence(wav: np.ndarray, sr: int, top_db: float = 40.0) -> np.ndarray:
     """Cut leading and trailing audio quieter than ``top_db`` below the peak (librosa's trim)."""
+    # librosa's effects pull in numba (seconds at first use); only trimming needs them
     import librosa
 
     frame = max(256, int(0.025 * sr))

@@ -30,6 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset, Sampler
+from tqdm import tqdm
 
 from valle.alignment import ALIGNMENT_VERSION, AlignmentError, token_durations
 from valle.audio import AudioError, load_audio
@@ -146,7 +147,6 @@ def prepare_tokens(
     listed in the index's ``skipped`` with their reason. Raises :class:`DataError` when no row is
     usable and :class:`valle.manifest.ManifestError` for a malformed or empty manifest.
     """
-    from tqdm import tqdm
 
     manifest_path, cache_dir = Path(manifest_path), Path(cache_dir)
     utts, unreadable = _read_utterances(manifest_path)

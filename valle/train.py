@@ -46,6 +46,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
 
 from valle.codec.base import CodecCard
 from valle.data import TEXT_HAS_BOS_EOS, Batch, Item, LengthBucketSampler, TokenDataset, collate
@@ -354,7 +355,6 @@ def train(
 ) -> TrainResult:
     """Train to ``cfg.max_steps`` (or stop early at ``until_step``, checkpointing there, as a
     preemptible job would), resuming from ``out_dir/last`` when it exists."""
-    from tqdm import tqdm
 
     out_dir = Path(out_dir)
     info = setup_distributed(cfg.device)
@@ -397,6 +397,7 @@ def train(
         out_dir.mkdir(parents=True, exist_ok=True)
         if cfg.tensorboard:
             try:
+                # tensorboard is optional at run time (ImportError -> no event files)
                 from torch.utils.tensorboard import SummaryWriter
 
                 writer = SummaryWriter(str(out_dir / "tb"))

@@ -22,6 +22,7 @@ DEFAULT_WATERMARKER = "perth"
 def backend_class(name: str) -> type:
     """The class that implements backend ``name`` (imported on first use)."""
     if name == "perth":
+        # each backend (Perth, AudioSeal: heavy) is imported only when chosen
         from watermark.perth_backend import PerthWatermarker
 
         return PerthWatermarker

@@ -50,6 +50,10 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+from scipy import fft, signal
 
 NOISE_SNRS_DB = (40, 30, 20, 10)
 # (codec, bitrate in bit/s); Vorbis is set by libvorbis quality (0-10 scale), see the module docstring
@@ -215,7 +219,6 @@ def add_noise(
 def _pink(rng: np.random.Generator, n: int) -> np.ndarray:
     """Gaussian noise with a 1/f power spectrum: white noise shaped by 1/sqrt(f) in the frequency
     domain (DC gets the lowest bin's gain); made at an FFT-friendly length, then cut to ``n``."""
-    from scipy import fft
 
     m = fft.next_fast_len(n, real=True)
     spec = fft.rfft(rng.standard_normal(m))
@@ -246,6 +249,7 @@ def vorbis(wav: np.ndarray, sr: int, quality: int) -> tuple[np.ndarray, int]:
 
 
 def _pyav_round_trip(x: np.ndarray, sr: int, codec: str, bitrate: int) -> np.ndarray:
+    # PyAV loads FFmpeg's libraries; only the lossy-codec attacks need them
     import av
 
     encoder, container, _ = _PYAV_CODECS[codec]
@@ -274,8 +278,6 @@ def _pyav_round_trip(x: np.ndarray, sr: int, codec: str, bitrate: int) -> np.nda
 
 
 def _vorbis_round_trip(x: np.ndarray, sr: int, quality: int) -> np.ndarray:
-    import soundfile as sf
-
     buf = io.BytesIO()
     # libsndfile maps compression_level c to libvorbis VBR quality 1 - c (0 = q10 ... 1 = q0)
     sf.write(buf, x, sr, format="OGG", subtype="VORBIS", compression_level=1.0 - quality / 10)
@@ -288,7 +290,6 @@ def _vorbis_round_trip(x: np.ndarray, sr: int, quality: int) -> np.ndarray:
 def codec_delay(codec: str, sr: int, setting: int) -> int:
     """Samples the decoded output lags the input, from the cross-correlation peak on a seeded noise
     probe (band-limited to 2 kHz so every bitrate keeps it). Constant for a (codec, rate, setting)."""
-    from scipy import signal
 
     rng = np.random.default_rng(1234)
     probe = np.zeros(2 * sr, np.float32)
@@ -305,7 +306,6 @@ def codec_delay(codec: str, sr: int, setting: int) -> int:
 def lag_of(y: np.ndarray, x: np.ndarray, max_lag: int | None = None) -> int:
     """Lag (samples) at which ``y`` best matches ``x`` (peak of |cross-correlation|): positive when
     ``y`` is late."""
-    from scipy import signal
 
     corr = np.abs(signal.correlate(y, x, mode="full", method="fft"))
     lags = signal.correlation_lags(len(y), len(x), mode="full")
@@ -335,7 +335,6 @@ def band_filter(
 ) -> tuple[np.ndarray, int]:
     """Zero-phase Butterworth (order 8): low-pass below ``high``, high-pass above ``low``, band-pass
     with both. An edge at or above Nyquist is dropped (nothing there to remove)."""
-    from scipy import signal
 
     nyq = sr / 2
     high = high if high is not None and high < nyq else None
@@ -360,6 +359,7 @@ def speed(wav: np.ndarray, sr: int, factor: float) -> tuple[np.ndarray, int]:
 
 def time_stretch(wav: np.ndarray, sr: int, factor: float) -> tuple[np.ndarray, int]:
     """Phase-vocoder time stretch, ``factor`` times faster at the same pitch: ``round(N / factor)``."""
+    # librosa's time stretch pulls in numba; only this attack needs it
     import librosa
 
     y = librosa.effects.time_stretch(np.asarray(wav, np.float32), rate=factor)
@@ -369,8 +369,6 @@ def time_stretch(wav: np.ndarray, sr: int, factor: float) -> tuple[np.ndarray, i
 def _resample(wav: np.ndarray, orig: int, new: int) -> np.ndarray:
     if orig == new:
         return np.asarray(wav, np.float32)
-    import torch
-    import torchaudio.functional as AF
 
     return AF.resample(torch.from_numpy(np.ascontiguousarray(wav, np.float32)), orig, new).numpy()
 
@@ -436,7 +434,6 @@ def encodec_round_trip(
     wav: np.ndarray, sr: int, weights: str, bandwidth: float = ENCODEC_KBPS
 ) -> tuple[np.ndarray, int]:
     """EnCodec 24 kHz encode + decode at ``bandwidth`` kbit/s (resampled to 24 kHz and back)."""
-    import torch
 
     model = _encodec_model(weights, bandwidth)
     x = _resample(wav, sr, ENCODEC_SR)
@@ -447,7 +444,7 @@ def encodec_round_trip(
 
 @functools.lru_cache(maxsize=2)
 def _encodec_model(weights: str, bandwidth: float):
-    import torch
+    # the encodec package is heavy; only the codec attack needs it
     from encodec import EncodecModel
 
     path = Path(weights)

@@ -144,6 +144,7 @@ class AudioSealWatermarker:
 
 def card_config(card: str) -> dict:
     """The model card shipped inside the audioseal package, as a plain dict (with ``checkpoint`` URL)."""
+    # audioseal and omegaconf are heavy and optional at run time; imported when this backend is used
     from audioseal.loader import load_local_model_config
     from omegaconf import OmegaConf
 
@@ -212,6 +213,7 @@ def _config_globals() -> list:
     They hold values only and run no code on load beyond OmegaConf's own state restore; the config
     itself is discarded (the networks are built from the package's card).
     """
+    # audioseal and omegaconf are heavy and optional at run time; imported when this backend is used
     from omegaconf import DictConfig, ListConfig
     from omegaconf.base import ContainerMetadata, Metadata
     from omegaconf.nodes import AnyNode, BooleanNode, FloatNode, IntegerNode, StringNode
@@ -287,6 +289,7 @@ def _unsafe_globals(path: Path) -> str:
 
 def build_model(card: str, path: Path) -> torch.nn.Module:
     """Build the card's network with audioseal's builder and load the file's tensors into it (strict)."""
+    # audioseal is heavy and optional at run time; imported when this backend is used
     from audioseal.builder import (
         AudioSealDetectorConfig,
         AudioSealWMConfig,
@@ -360,6 +363,7 @@ def to_model_keys(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dic
 
 def _no_compile() -> contextlib.AbstractContextManager:
     try:
+        # audioseal was imported by build_model; a cheap lookup
         from audioseal.libs.moshi.utils.compile import no_compile
     except ImportError:  # audioseal < 0.2 or Python < 3.10: audiocraft's SEANet, never compiled
         return contextlib.nullcontext()

@@ -12,10 +12,16 @@ import argparse
 import json
 import math
 from pathlib import Path
+from secrets import token_bytes
 
 import numpy as np
+import soundfile as sf
 
+from watermark import load_watermarker
+from watermark.attacks import attack_bank, select, skipped_attacks
 from watermark.base import MIN_MARK_SECONDS, SILENCE_PEAK
+from watermark.keys import WatermarkKey, load_key
+from watermark.robustness import markdown_table, run_battery
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
@@ -60,13 +66,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from secrets import token_bytes
-
-    from watermark import load_watermarker
-    from watermark.attacks import attack_bank, select, skipped_attacks
-    from watermark.keys import WatermarkKey, load_key
-    from watermark.robustness import markdown_table, run_battery
-
     if args.max_clips is not None and args.max_clips < 1:
         raise ValueError(f"--max-clips must be >= 1, got {args.max_clips}")
     attacks = select(attack_bank(args.encodec_weights, seed=args.seed), args.attacks)
@@ -205,7 +204,6 @@ def _manifest_items(manifest: Path) -> list[tuple[Path, str]]:
 
 def read_mono(path: Path) -> tuple[np.ndarray, int]:
     """soundfile read, channels averaged, float32."""
-    import soundfile as sf
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"audio file not found: {path}")

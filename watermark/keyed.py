@@ -67,6 +67,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
+import torch
+from scipy.signal import resample_poly
 from scipy.special import ndtr
 
 from watermark.base import Detection, WatermarkError, check_payload, check_wav, fit_length
@@ -315,8 +317,6 @@ def layout(key: WatermarkKey) -> tuple[np.ndarray, np.ndarray]:
 
 # -- signal processing --------------------------------------------------------------------------
 def _resample(x: np.ndarray, sr_in: float, sr_out: float) -> np.ndarray:
-    from scipy.signal import resample_poly
-
     r = Fraction(sr_out / sr_in).limit_denominator(2000)
     if r == 1:
         return x
@@ -324,16 +324,12 @@ def _resample(x: np.ndarray, sr_in: float, sr_out: float) -> np.ndarray:
 
 
 def _stft(x: np.ndarray) -> np.ndarray:
-    import torch
-
     t = torch.from_numpy(np.asarray(x, np.float64))
     win = torch.hann_window(N_FFT, dtype=torch.float64)
     return torch.stft(t, N_FFT, HOP, window=win, center=True, return_complex=True).numpy()
 
 
 def _istft(spec: np.ndarray, n: int) -> np.ndarray:
-    import torch
-
     win = torch.hann_window(N_FFT, dtype=torch.float64)
     return torch.istft(torch.from_numpy(spec), N_FFT, HOP, window=win, center=True, length=n).numpy()
 

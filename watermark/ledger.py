@@ -20,6 +20,7 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from math import comb, exp
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -228,7 +229,6 @@ def ledger_matches_for_payload(
     times the number of entries) and, with ``public_key``, signature_valid. [] for a None payload:
     presence-only marks identify no entry.
     """
-    from math import comb, exp
 
     bits = payload if isinstance(payload, str) or payload is None else payload_to_str(payload)
     if not bits:
@@ -265,6 +265,7 @@ def ledger_matches_for_payload(
 
 def _lock(f) -> None:
     try:
+        # POSIX only: the module stays importable elsewhere
         import fcntl
     except ImportError:  # not POSIX: single writer is then the caller's promise alone
         return
@@ -273,6 +274,7 @@ def _lock(f) -> None:
 
 def _unlock(f) -> None:
     try:
+        # POSIX only: the module stays importable elsewhere
         import fcntl
     except ImportError:
         return

@@ -7,6 +7,7 @@ so the project pins setuptools<81 and this module fails loudly if the class is m
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,10 +23,9 @@ class PerthWatermarker:
     payload_bits = 0
 
     def __init__(self, device: str = "cpu", threshold: float = 0.5) -> None:
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pkg_resources deprecation noise from perth's import
+            # Perth (and pkg_resources) load only when this backend is chosen
             import perth
         if getattr(perth, "PerthImplicitWatermarker", None) is None:
             raise WatermarkError(

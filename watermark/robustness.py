@@ -36,6 +36,12 @@ from fractions import Fraction
 
 import numpy as np
 import pandas as pd
+from pesq import PesqError, pesq
+from pystoi import stoi
+from scipy.signal import resample_poly
+from scipy.stats import binomtest
+from sklearn.metrics import roc_auc_score
+from tqdm import tqdm
 
 from watermark.attacks import Attack
 
@@ -63,7 +69,6 @@ def fix_threshold(clean_scores: Sequence[float], fpr: float) -> float:
 
 def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float | None, float | None]:
     """Wilson score interval of ``k`` successes in ``n`` trials; (None, None) when ``n == 0``."""
-    from scipy.stats import binomtest
 
     if n == 0:
         return None, None
@@ -97,7 +102,6 @@ def rate_at(scores: Sequence[float], threshold: float) -> float:
 
 def auc(marked_scores: Sequence[float], unmarked_scores: Sequence[float]) -> float:
     """ROC AUC of marked (positive) vs unmarked (negative) scores."""
-    from sklearn.metrics import roc_auc_score
 
     pos, neg = np.asarray(marked_scores, float), np.asarray(unmarked_scores, float)
     if pos.size == 0 or neg.size == 0:
@@ -116,7 +120,6 @@ def bits_correct(decoded: Sequence[int] | None, payload: Sequence[int] | None) -
 
 def binomial_p(correct: int, total: int) -> float:
     """P(at least ``correct`` of ``total`` bits right by chance, p = 1/2); NaN when ``total == 0``."""
-    from scipy.stats import binomtest
 
     if total == 0:
         return float("nan")
@@ -125,7 +128,6 @@ def binomial_p(correct: int, total: int) -> float:
 
 def clean_fpr_stats(clean_scores: Sequence[float], fpr: float) -> dict:
     """Threshold for ``fpr`` plus in-sample, leave-one-out and upper-bound FPR on the clean scores."""
-    from scipy.stats import binomtest
 
     s = np.asarray(clean_scores, dtype=np.float64)
     n = s.size
@@ -146,7 +148,6 @@ def clean_fpr_stats(clean_scores: Sequence[float], fpr: float) -> dict:
 
 def quality(marked: np.ndarray, original: np.ndarray, sr: int) -> dict:
     """SNR (dB), wide-band PESQ and STOI of ``marked [N]`` against ``original [N]``."""
-    from pystoi import stoi
 
     x, y = np.asarray(original, np.float64), np.asarray(marked, np.float64)
     if x.shape != y.shape:
@@ -157,9 +158,6 @@ def quality(marked: np.ndarray, original: np.ndarray, sr: int) -> dict:
 
 
 def _pesq_wb(ref: np.ndarray, deg: np.ndarray, sr: int) -> float:
-    from pesq import PesqError, pesq
-    from scipy.signal import resample_poly
-
     if sr != PESQ_SR:
         r = Fraction(PESQ_SR, sr)
         ref, deg = (
@@ -236,7 +234,6 @@ def run_battery(
     TPR/FPR at the thresholds fixed on the clean originals' scores, AUC, bit accuracy and p-value;
     and ``{fpr_key: clean_fpr_stats}`` plus the backend's own threshold.
     """
-    from tqdm import tqdm
 
     bits = int(getattr(watermarker, "payload_bits", 0))
     if not clips:

@@ -126,6 +126,7 @@ def _bundled(role: str, what: str, dist: str, relpaths: tuple[str, ...]) -> list
 
 
 def _whisper_files(p: Profile, override: str | Path | None) -> list[RequiredFile]:
+    # the ASR backends are heavy; each is imported only when its files are asked for
     import whisper
 
     url = whisper._MODELS[p.asr_model]
@@ -182,6 +183,7 @@ def _ecapa_files(override: str | Path | None) -> list[RequiredFile]:
         repo, paths = ECAPA_HF_ID, {f: local / f for f in ECAPA_FILES}
         how = f"put the files of https://huggingface.co/{repo} in that folder"
     else:
+        # huggingface_hub only for the ECAPA backend's cache lookup
         from huggingface_hub import constants, try_to_load_from_cache
 
         repo, snapshot = source, Path(constants.HF_HUB_CACHE) / f"models--{source.replace('/', '--')}"

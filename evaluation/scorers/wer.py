@@ -26,6 +26,7 @@ _SEED_TTS_EVAL_DELETE = str.maketrans("", "", (string.punctuation + _HANZI_PUNCT
 
 @lru_cache(maxsize=1)
 def _normalizer():
+    # whisper's package import is heavy; the normaliser is built once, on first use
     from whisper.normalizers import EnglishTextNormalizer
 
     return EnglishTextNormalizer()

@@ -29,6 +29,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import soundfile as sf
+from tqdm import tqdm
 
 from detection.split import BONAFIDE, LABELS, Clip, check_clips, is_text, problems_error
 from evaluation.testsets.testset import TestSet
@@ -130,7 +133,6 @@ def run_generator_name(run_dir: str | Path) -> str:
 
 def clips_from_run(run_dir: str | Path, name: str | None = None) -> tuple[list[Clip], dict]:
     """Bona fide and spoof clips of a ``valle score`` run (module docstring) and a description of it."""
-    import pandas as pd
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -230,7 +232,6 @@ def collect_clips(
 
 def check_readable(clips: Sequence[Clip]) -> None:
     """Read every file's header (fast; no samples): one error listing every missing or unreadable file."""
-    import soundfile as sf
 
     problems = []
     for c in clips:
@@ -249,8 +250,6 @@ def load_clip_audio(clips: Sequence[Clip], progress: bool = False) -> list[tuple
     out, problems = [], []
     items = clips
     if progress:
-        from tqdm import tqdm
-
         items = tqdm(clips, desc="load audio", leave=False)
     for c in items:
         try:

@@ -27,6 +27,7 @@ def load_codec(
     """Build a codec by name. ``weights`` overrides the default file; ``sha256`` the expected hash."""
     if name in ("contentvq_24khz", "vqvae_24khz", "melvq_24khz"):
         if name == "melvq_24khz":
+            # each codec module is imported only when asked for (they import this package's base)
             from valle.codec.melvq import DEFAULT_ASSET
             from valle.codec.melvq import MelVQCodec as cls
         elif name == "vqvae_24khz":
@@ -44,6 +45,7 @@ def load_codec(
             )
         return codec
     if name == "encodec_24khz_6kbps":
+        # the encodec package is heavy and needed by this codec only
         from valle.codec.encodec import CHECKPOINT_SHA256, EncodecCodec
 
         return EncodecCodec(weights, sha256=sha256 or CHECKPOINT_SHA256, device=device)

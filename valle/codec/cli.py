@@ -10,8 +10,15 @@ import time
 from functools import partial
 from pathlib import Path
 
+import numpy as np
+
+from valle.audio import SILENCE_PEAK, load_audio, save_audio
 from valle.codec import CODECS, DEFAULT_CODEC, load_codec
-from watermark import DEFAULT_WATERMARKER
+from valle.codec.contentvq import ContentVQCodec, fit_contentvq
+from valle.codec.melvq import MelVQCodec, fit_melvq
+from valle.codec.vqvae import VQVAECodec, VQVAEConfig, fit_vqvae, read_stage1
+from valle.manifest import read_manifest
+from watermark import DEFAULT_WATERMARKER, load_watermarker
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -72,12 +79,6 @@ def _codec_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    from valle.audio import load_audio
-    from valle.codec.contentvq import ContentVQCodec, fit_contentvq
-    from valle.codec.melvq import MelVQCodec, fit_melvq
-    from valle.codec.vqvae import VQVAECodec, VQVAEConfig, fit_vqvae, read_stage1
-    from valle.manifest import read_manifest
-
     if args.out.exists() and not args.force:
         raise FileExistsError(f"{args.out} exists; pass --force to overwrite it")
     utts = [u for u in read_manifest(args.manifest) if u.audio is not None][: args.max_utterances]
@@ -116,11 +117,6 @@ def run_fit(args: argparse.Namespace) -> int:
 
 
 def run_roundtrip(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from valle.audio import SILENCE_PEAK, load_audio, save_audio
-    from watermark import load_watermarker
-
     codec = load_codec(args.codec, weights=args.weights, device=args.device)
     wav, sr = load_audio(args.input)
     codes = codec.encode(wav, sr, name=str(args.input))

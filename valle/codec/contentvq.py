@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from valle.codec.base import Codec, CodecError, check_shapes, read_tables, sha256_file, write_tables
 from valle.codec.melvq import (
@@ -208,7 +209,6 @@ def fit_contentvq(
     stage 1 leaves, so the residual is computed per utterance before frames are subsampled.
     With ``augment`` each waveform gets a random gain and noise (:func:`augment_level_and_noise`).
     """
-    from tqdm import tqdm
 
     m = cfg.mel
     frontend = MelFrontend(m)

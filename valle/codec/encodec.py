@@ -27,6 +27,7 @@ def default_checkpoint_path() -> Path:
 
 def build_encodec_24khz():
     """The 24 kHz architecture with freshly initialised weights (callers must load a state dict)."""
+    # heavy backend, imported when the model is built
     from encodec import EncodecModel
 
     return EncodecModel._get_model(

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torchaudio.functional as AF
 import torchaudio.transforms as T
+from tqdm import tqdm
 
 from valle.codec.base import Codec, CodecCard, CodecError, read_tables, sha256_file, write_tables
 
@@ -245,7 +246,6 @@ def fit_melvq(
     :func:`augment_level_and_noise`. At most ``max_frames`` frames (chosen uniformly at random) are
     used, which keeps fitting within minutes on 2 cores.
     """
-    from tqdm import tqdm
 
     frontend = MelFrontend(cfg)
     rng = np.random.default_rng(seed)

