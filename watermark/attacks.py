@@ -359,7 +359,7 @@ def speed(wav: np.ndarray, sr: int, factor: float) -> tuple[np.ndarray, int]:
 
 def time_stretch(wav: np.ndarray, sr: int, factor: float) -> tuple[np.ndarray, int]:
     """Phase-vocoder time stretch, ``factor`` times faster at the same pitch: ``round(N / factor)``."""
-    # librosa's time stretch pulls in numba; only this attack needs it
+    # librosa.effects imports numba (1.6 s here); only this attack needs it
     import librosa
 
     y = librosa.effects.time_stretch(np.asarray(wav, np.float32), rate=factor)
