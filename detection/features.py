@@ -129,7 +129,7 @@ def preprocess(wav: np.ndarray, sr: int, controls: Controls) -> tuple[np.ndarray
         wav = AF.resample(torch.from_numpy(np.ascontiguousarray(wav)), sr, controls.sample_rate).numpy()
         sr = controls.sample_rate
     if controls.trim_silence:
-        # librosa.effects imports numba (1.6 s here); only silence trimming needs them
+        # librosa.effects imports numba (1.6 s here); only silence trimming needs it
         import librosa
 
         # 25 ms frames, 6.25 ms hop (as valle.audio.trim_silence): librosa's default 2048-sample frames

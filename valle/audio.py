@@ -145,7 +145,7 @@ def loudness_normalize(wav: np.ndarray, sr: int, target_lufs: float = -23.0) -> 
 
 def trim_silence(wav: np.ndarray, sr: int, top_db: float = 40.0) -> np.ndarray:
     """Cut leading and trailing audio quieter than ``top_db`` below the peak (librosa's trim)."""
-    # librosa.effects imports numba (1.6 s here); only trimming needs them
+    # librosa.effects imports numba (1.6 s here); only trimming needs it
     import librosa
 
     frame = max(256, int(0.025 * sr))

@@ -157,7 +157,7 @@ def condition_with_offset(
     wav: np.ndarray, sr: int, config: CorpusConfig, name: str = "audio"
 ) -> tuple[np.ndarray, float]:
     """:func:`condition`, plus the seconds trimmed from the start (to shift phoneme times)."""
-    # librosa.effects imports numba (1.6 s here); only silence trimming needs them
+    # librosa.effects imports numba (1.6 s here); only silence trimming needs it
     import librosa
 
     wav = resample(np.asarray(wav, dtype=np.float32), sr, config.sample_rate)
