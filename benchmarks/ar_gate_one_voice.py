@@ -40,9 +40,10 @@ from results_io import write_result
 
 from evaluation import diagnose as dg
 from evaluation.cli.main import main as valle
-from valle.checkpoint import load_checkpoint
+from valle.checkpoint import load_checkpoint, read_config
 from valle.codec import load_codec_for
 from valle.manifest import read_manifest
+from valle.train_checkpoint import resume_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,11 +78,12 @@ def main() -> None:
             raise SystemExit(f"{src}: no utterance of voice {args.voice!r}")
         subsets[name] = src.parent / f"{args.voice}.{name}.jsonl"
         subsets[name].write_text("\n".join(rows) + "\n")
-    minutes = None
+    minutes, started_at = None, 0
     if not args.skip_train:
         if args.out.exists() and not args.resume:
             shutil.rmtree(args.out)  # a fresh run: the figure is for exactly --steps steps
-        started_at = load_checkpoint(args.out / "last").step if (args.out / "last").exists() else 0
+        ckpt_dir = resume_dir(args.out)  # what `valle train` will resume from, if anything
+        started_at = read_config(ckpt_dir)["step"] if ckpt_dir is not None else 0
         started = time.monotonic()
         train = [
             "train", "--manifest", str(subsets["train"]), "--out", str(args.out), "--preset", "tiny",
@@ -111,6 +113,8 @@ def main() -> None:
     }
     if minutes is not None:
         figures["train_minutes"] = minutes
+    if 0 < started_at < ckpt.step:  # resumed here: the cosine schedule was stretched at this step
+        figures["resumed_from_step"] = started_at
     for name, path in subsets.items():
         ar = sets[path.stem]["ar"]
         figures[f"{name}_n"] = ar["n"]

@@ -8,9 +8,9 @@ are cut from the marked clip and from the unmarked original, and checked with th
 
 - **detected**: p <= 1e-6 (the backend's analytic threshold, with its speed and alignment search);
 - **payload exact**: the Viterbi-decoded payload equals the embedded one (all 32 bits);
-- **bit accuracy** of the decoded payload, the ``payload_z`` of the true payload, and how often it
-  reaches the ledger's link threshold (``watermark.ledger.LINK_Z``: ``verify --ledger`` could name the
-  entry from this window alone);
+- **bit accuracy** of the decoded payload, the ``payload_z`` of the true payload, and how often the
+  window is detected *and* its true payload reaches the ledger's link threshold
+  (``watermark.ledger.LINK_Z``): then ``verify --ledger`` names the entry from this window alone;
 - **false alarms**: the same windows of the unmarked original read as marked.
 
 The mark follows the speech's own energy (none in silence), so a window that is mostly pause carries
@@ -103,7 +103,9 @@ def main() -> None:
         figures[f"payload_exact_{tag}"] = float(g["payload_exact"].mean())
         figures[f"bit_acc_mean_{tag}"] = float(g["bit_acc"].mean())
         figures[f"payload_z_median_{tag}"] = float(g["payload_z"].median())
-        figures[f"ledger_link_{tag}"] = float(np.mean(g["payload_z"] >= LINK_Z))
+        # verify scores payloads only of detected audio
+        linked = (g["p_marked"] <= P_THRESHOLD) & (g["payload_z"] >= LINK_Z)
+        figures[f"ledger_link_{tag}"] = float(np.mean(linked))
         figures[f"false_alarms_{tag}"] = int(np.sum(g["p_unmarked"] <= P_THRESHOLD))
     path = write_result(
         "watermark_windows",

@@ -49,6 +49,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import librosa
 import numpy as np
 import torch
 import torchaudio.functional as AF
@@ -129,9 +130,6 @@ def preprocess(wav: np.ndarray, sr: int, controls: Controls) -> tuple[np.ndarray
         wav = AF.resample(torch.from_numpy(np.ascontiguousarray(wav)), sr, controls.sample_rate).numpy()
         sr = controls.sample_rate
     if controls.trim_silence:
-        # librosa.effects imports numba (1.6 s here); only silence trimming needs it
-        import librosa
-
         # 25 ms frames, 6.25 ms hop (as valle.audio.trim_silence): librosa's default 2048-sample frames
         # would leave up to ~100 ms of the silence we want gone.
         frame = max(256, int(0.025 * sr))
@@ -214,7 +212,6 @@ def lfcc(
     ``T = 1 + (N - win) // hop`` (no centre padding, as in the baseline's framing). ``n_lfcc`` and
     ``deltas`` override ``config`` (default ``LfccConfig.gmm()``).
     """
-
     cfg = config or LfccConfig()
     if n_lfcc != cfg.n_lfcc or deltas != cfg.deltas:
         cfg = LfccConfig(**{**cfg.to_dict(), "n_lfcc": n_lfcc, "deltas": deltas})
@@ -259,7 +256,6 @@ def logmel(
     wav: np.ndarray, sr: int, n_mels: int = 64, win_ms: float = 20.0, hop_ms: float = 10.0
 ) -> np.ndarray:
     """Log-mel spectrogram of one clip: ``wav [N]`` -> ``[T, n_mels]`` float32 (ln of power + 1e-6)."""
-
     wav = check_wav(wav, sr)
     win, hop, n_fft = _frame_sizes(int(sr), win_ms, hop_ms, 512)
     key = (int(sr), win, hop, n_fft, n_mels)

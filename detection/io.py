@@ -58,7 +58,6 @@ def save_model_dir(path: str | Path, meta: dict, arrays: dict[str, dict[str, np.
     not exist, be empty, or hold a previous model (which is replaced); any other directory or a file
     there is refused rather than overwritten.
     """
-
     path = Path(path)
     if path.exists():
         if not path.is_dir():
@@ -130,7 +129,6 @@ def read_meta(path: str | Path) -> dict:
 
 def load_model_dir(path: str | Path) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
     """Read a model directory: ``(meta, {file name: {tensor name: array}})``, every file's sha256 checked."""
-
     path = Path(path)
     meta = read_meta(path)
     arrays = {}

@@ -40,6 +40,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from detection.base import CLASS_NAMES, BaseDetector, Waveform, get_array, progress_iter
+from detection.cnn import LcnnDetector
 from detection.features import Controls, LfccConfig, lfcc
 from detection.io import DetectorFileError, read_meta
 
@@ -268,9 +269,6 @@ class LfccLogReg(_LfccDetector):
 
 
 def detector_kinds() -> dict[str, type[BaseDetector]]:
-    # detection.cnn imports this module's base classes: a module-level import would be a circle
-    from detection.cnn import LcnnDetector
-
     return {c.kind: c for c in (LfccGmm, LfccLogReg, LcnnDetector)}
 
 

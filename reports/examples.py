@@ -92,7 +92,6 @@ def _example(ctx: RunInputs, row: dict) -> dict:
 
 def audio_data_uri(path: str | Path, max_seconds: float = MAX_AUDIO_S) -> str:
     """``data:audio/wav;base64,...``: ``path`` as 16 kHz mono 16-bit PCM WAV, cut to ``max_seconds``."""
-
     wav, sr = sf.read(str(path), dtype="float32", always_2d=True)  # [T, C]
     x = wav.mean(axis=1)
     x = x[: math.ceil(max_seconds * sr)]

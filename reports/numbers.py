@@ -74,7 +74,6 @@ def from_metric(metric: Any, backend: str | None, note: str | None = None) -> di
 
 def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float] | None:
     """Wilson score interval of ``k`` successes in ``n`` trials; None when ``n == 0``."""
-
     if n <= 0:
         return None
     ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="wilson")

@@ -112,7 +112,6 @@ def flag_rates(rates: Mapping[str, Mapping]) -> bytes:
 def det_curve(curves: Mapping[str, Mapping], max_curves: int = 8) -> bytes:
     """DET curves from eval.json ``curves`` (``{"<condition>/<generator>": {miss, fa, miss_probit,
     fa_probit}}``): every ``*/all`` curve (one per condition), then per-generator clean curves."""
-
     keys = [k for k in curves if k.endswith("/all")] + [k for k in curves if not k.endswith("/all")]
     keys = keys[:max_curves]
     if not keys:

@@ -323,7 +323,6 @@ def write_scorecard(run_dir: str | Path, n_examples: int = N_EXAMPLES) -> dict[s
     temporary file, then renamed) and return ``{"json", "md", "html"}`` paths. All three are written
     even when stage outputs are missing or corrupt; a renderer that fails leaves a page with its error.
     """
-
     run = Path(run_dir)
     if not run.is_dir():
         raise NotADirectoryError(f"{run}: run directory not found")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import librosa
 import numpy as np
 import pyloudnorm
 import soundfile as sf
@@ -145,9 +146,6 @@ def loudness_normalize(wav: np.ndarray, sr: int, target_lufs: float = -23.0) -> 
 
 def trim_silence(wav: np.ndarray, sr: int, top_db: float = 40.0) -> np.ndarray:
     """Cut leading and trailing audio quieter than ``top_db`` below the peak (librosa's trim)."""
-    # librosa.effects imports numba (1.6 s here); only trimming needs it
-    import librosa
-
     frame = max(256, int(0.025 * sr))
     trimmed, _ = librosa.effects.trim(wav, top_db=top_db, frame_length=frame, hop_length=frame // 4)
     return trimmed

@@ -147,7 +147,6 @@ def prepare_tokens(
     listed in the index's ``skipped`` with their reason. Raises :class:`DataError` when no row is
     usable and :class:`valle.manifest.ManifestError` for a malformed or empty manifest.
     """
-
     manifest_path, cache_dir = Path(manifest_path), Path(cache_dir)
     utts, unreadable = _read_utterances(manifest_path)
     key = _cache_key(manifest_path, codec.card, symbols, phonemizer, options)

@@ -355,7 +355,6 @@ def train(
 ) -> TrainResult:
     """Train to ``cfg.max_steps`` (or stop early at ``until_step``, checkpointing there, as a
     preemptible job would), resuming from ``out_dir/last`` when it exists."""
-
     out_dir = Path(out_dir)
     info = setup_distributed(cfg.device)
     device, world = info.device, info.world_size

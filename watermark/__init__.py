@@ -13,26 +13,22 @@ from __future__ import annotations
 
 import inspect
 
+from watermark.audioseal_backend import AudioSealWatermarker
 from watermark.base import Detection, Watermarker, WatermarkError
+from watermark.keyed import KeyedWatermarker
+from watermark.perth_backend import PerthWatermarker
 
 WATERMARKERS = ("perth", "audioseal", "keyed")
 DEFAULT_WATERMARKER = "perth"
 
 
 def backend_class(name: str) -> type:
-    """The class that implements backend ``name`` (imported on first use)."""
+    """The class that implements backend ``name`` (each loads its model library when built)."""
     if name == "perth":
-        # each backend (Perth, AudioSeal: heavy) is imported only when chosen
-        from watermark.perth_backend import PerthWatermarker
-
         return PerthWatermarker
     if name == "audioseal":
-        from watermark.audioseal_backend import AudioSealWatermarker
-
         return AudioSealWatermarker
     if name == "keyed":
-        from watermark.keyed import KeyedWatermarker
-
         return KeyedWatermarker
     raise WatermarkError(f"unknown watermark backend {name!r}; choose one of {', '.join(WATERMARKERS)}")
 

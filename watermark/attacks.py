@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
+import librosa
 import numpy as np
 import soundfile as sf
 import torch
@@ -219,7 +220,6 @@ def add_noise(
 def _pink(rng: np.random.Generator, n: int) -> np.ndarray:
     """Gaussian noise with a 1/f power spectrum: white noise shaped by 1/sqrt(f) in the frequency
     domain (DC gets the lowest bin's gain); made at an FFT-friendly length, then cut to ``n``."""
-
     m = fft.next_fast_len(n, real=True)
     spec = fft.rfft(rng.standard_normal(m))
     f = np.arange(len(spec), dtype=np.float64)
@@ -290,7 +290,6 @@ def _vorbis_round_trip(x: np.ndarray, sr: int, quality: int) -> np.ndarray:
 def codec_delay(codec: str, sr: int, setting: int) -> int:
     """Samples the decoded output lags the input, from the cross-correlation peak on a seeded noise
     probe (band-limited to 2 kHz so every bitrate keeps it). Constant for a (codec, rate, setting)."""
-
     rng = np.random.default_rng(1234)
     probe = np.zeros(2 * sr, np.float32)
     burst = signal.sosfilt(signal.butter(4, 2000, fs=sr, output="sos"), rng.standard_normal(sr))
@@ -306,7 +305,6 @@ def codec_delay(codec: str, sr: int, setting: int) -> int:
 def lag_of(y: np.ndarray, x: np.ndarray, max_lag: int | None = None) -> int:
     """Lag (samples) at which ``y`` best matches ``x`` (peak of |cross-correlation|): positive when
     ``y`` is late."""
-
     corr = np.abs(signal.correlate(y, x, mode="full", method="fft"))
     lags = signal.correlation_lags(len(y), len(x), mode="full")
     if max_lag is not None:
@@ -335,7 +333,6 @@ def band_filter(
 ) -> tuple[np.ndarray, int]:
     """Zero-phase Butterworth (order 8): low-pass below ``high``, high-pass above ``low``, band-pass
     with both. An edge at or above Nyquist is dropped (nothing there to remove)."""
-
     nyq = sr / 2
     high = high if high is not None and high < nyq else None
     low = low if low is not None and 0 < low < nyq else None
@@ -359,9 +356,6 @@ def speed(wav: np.ndarray, sr: int, factor: float) -> tuple[np.ndarray, int]:
 
 def time_stretch(wav: np.ndarray, sr: int, factor: float) -> tuple[np.ndarray, int]:
     """Phase-vocoder time stretch, ``factor`` times faster at the same pitch: ``round(N / factor)``."""
-    # librosa.effects imports numba (1.6 s here); only this attack needs it
-    import librosa
-
     y = librosa.effects.time_stretch(np.asarray(wav, np.float32), rate=factor)
     return fit(y, round(len(wav) / factor)), sr
 
@@ -434,7 +428,6 @@ def encodec_round_trip(
     wav: np.ndarray, sr: int, weights: str, bandwidth: float = ENCODEC_KBPS
 ) -> tuple[np.ndarray, int]:
     """EnCodec 24 kHz encode + decode at ``bandwidth`` kbit/s (resampled to 24 kHz and back)."""
-
     model = _encodec_model(weights, bandwidth)
     x = _resample(wav, sr, ENCODEC_SR)
     with torch.inference_mode():

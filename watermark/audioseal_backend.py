@@ -144,7 +144,7 @@ class AudioSealWatermarker:
 
 def card_config(card: str) -> dict:
     """The model card shipped inside the audioseal package, as a plain dict (with ``checkpoint`` URL)."""
-    # audioseal and omegaconf are heavy and optional at run time; imported when this backend is used
+    # audioseal and omegaconf are heavy; imported only when this backend is used
     from audioseal.loader import load_local_model_config
     from omegaconf import OmegaConf
 
@@ -213,7 +213,7 @@ def _config_globals() -> list:
     They hold values only and run no code on load beyond OmegaConf's own state restore; the config
     itself is discarded (the networks are built from the package's card).
     """
-    # audioseal and omegaconf are heavy and optional at run time; imported when this backend is used
+    # audioseal and omegaconf are heavy; imported only when this backend is used
     from omegaconf import DictConfig, ListConfig
     from omegaconf.base import ContainerMetadata, Metadata
     from omegaconf.nodes import AnyNode, BooleanNode, FloatNode, IntegerNode, StringNode
@@ -289,7 +289,7 @@ def _unsafe_globals(path: Path) -> str:
 
 def build_model(card: str, path: Path) -> torch.nn.Module:
     """Build the card's network with audioseal's builder and load the file's tensors into it (strict)."""
-    # audioseal is heavy and optional at run time; imported when this backend is used
+    # audioseal is heavy; imported only when this backend is used
     from audioseal.builder import (
         AudioSealDetectorConfig,
         AudioSealWMConfig,

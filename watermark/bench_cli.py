@@ -204,7 +204,6 @@ def _manifest_items(manifest: Path) -> list[tuple[Path, str]]:
 
 def read_mono(path: Path) -> tuple[np.ndarray, int]:
     """soundfile read, channels averaged, float32."""
-
     if not Path(path).is_file():
         raise FileNotFoundError(f"audio file not found: {path}")
     try:

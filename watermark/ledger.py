@@ -229,7 +229,6 @@ def ledger_matches_for_payload(
     times the number of entries) and, with ``public_key``, signature_valid. [] for a None payload:
     presence-only marks identify no entry.
     """
-
     bits = payload if isinstance(payload, str) or payload is None else payload_to_str(payload)
     if not bits:
         return []

@@ -69,7 +69,6 @@ def fix_threshold(clean_scores: Sequence[float], fpr: float) -> float:
 
 def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float | None, float | None]:
     """Wilson score interval of ``k`` successes in ``n`` trials; (None, None) when ``n == 0``."""
-
     if n == 0:
         return None, None
     ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
@@ -102,7 +101,6 @@ def rate_at(scores: Sequence[float], threshold: float) -> float:
 
 def auc(marked_scores: Sequence[float], unmarked_scores: Sequence[float]) -> float:
     """ROC AUC of marked (positive) vs unmarked (negative) scores."""
-
     pos, neg = np.asarray(marked_scores, float), np.asarray(unmarked_scores, float)
     if pos.size == 0 or neg.size == 0:
         return float("nan")
@@ -120,7 +118,6 @@ def bits_correct(decoded: Sequence[int] | None, payload: Sequence[int] | None) -
 
 def binomial_p(correct: int, total: int) -> float:
     """P(at least ``correct`` of ``total`` bits right by chance, p = 1/2); NaN when ``total == 0``."""
-
     if total == 0:
         return float("nan")
     return float(binomtest(correct, total, 0.5, alternative="greater").pvalue)
@@ -128,7 +125,6 @@ def binomial_p(correct: int, total: int) -> float:
 
 def clean_fpr_stats(clean_scores: Sequence[float], fpr: float) -> dict:
     """Threshold for ``fpr`` plus in-sample, leave-one-out and upper-bound FPR on the clean scores."""
-
     s = np.asarray(clean_scores, dtype=np.float64)
     n = s.size
     thr = fix_threshold(s, fpr)
@@ -148,7 +144,6 @@ def clean_fpr_stats(clean_scores: Sequence[float], fpr: float) -> dict:
 
 def quality(marked: np.ndarray, original: np.ndarray, sr: int) -> dict:
     """SNR (dB), wide-band PESQ and STOI of ``marked [N]`` against ``original [N]``."""
-
     x, y = np.asarray(original, np.float64), np.asarray(marked, np.float64)
     if x.shape != y.shape:
         raise ValueError(f"quality needs equal lengths, got {x.shape} and {y.shape}")
@@ -234,7 +229,6 @@ def run_battery(
     TPR/FPR at the thresholds fixed on the clean originals' scores, AUC, bit accuracy and p-value;
     and ``{fpr_key: clean_fpr_stats}`` plus the backend's own threshold.
     """
-
     bits = int(getattr(watermarker, "payload_bits", 0))
     if not clips:
         raise ValueError("run_battery needs at least one clip")

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from huggingface_hub import constants, try_to_load_from_cache
+
 from evaluation.audit.profiles import Overrides, Profile, ProfileError, get_profile
 from evaluation.scorers.asr import whisper_cache_dir
 from evaluation.scorers.speaker import CAMPPLUS_CLASS, CAMPPLUS_WEIGHTS, ECAPA_HF_ID
@@ -183,9 +185,6 @@ def _ecapa_files(override: str | Path | None) -> list[RequiredFile]:
         repo, paths = ECAPA_HF_ID, {f: local / f for f in ECAPA_FILES}
         how = f"put the files of https://huggingface.co/{repo} in that folder"
     else:
-        # huggingface_hub only for the ECAPA backend's cache lookup
-        from huggingface_hub import constants, try_to_load_from_cache
-
         repo, snapshot = source, Path(constants.HF_HUB_CACHE) / f"models--{source.replace('/', '--')}"
         found = {f: try_to_load_from_cache(repo, f) for f in ECAPA_FILES}
         paths = {

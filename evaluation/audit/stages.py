@@ -134,7 +134,6 @@ def stage_generate(audit: Audit, progress: bool = True) -> dict:
 
 def stage_verify(audit: Audit, progress: bool = True) -> dict:
     """Every generated file through the auditor's check (``watermark.verify.verify_file``)."""
-
     gens = _table(audit, "generations", "generate")
     gens = gens[gens["audio"].notna()]
     _, public_key, key = _keys(audit)

@@ -14,9 +14,10 @@ always one argument and is never interpreted by a shell.
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -24,12 +25,9 @@ from evaluation.testsets.testset import TestItem
 from valle.audio import AudioError, load_audio
 from valle.generate import GenerationOptions
 from valle.sampling import SamplingOptions
-from valle.synthesize import Generator
-from valle.synthesize import SynthesisRequest
+from valle.synthesize import Generator, SynthesisRequest
 from watermark import load_watermarker
 from watermark.keys import default_key
-from dataclasses import asdict
-import hashlib
 
 
 @dataclass(frozen=True)
@@ -78,6 +76,7 @@ def _check_output(req: GenRequest, path: Path) -> GenResult:
 
 class ValleGenerator:
     """Our checkpoint through the public synthesis API: every output watermarked and verified."""
+
     name = "valle"
 
     def __init__(
@@ -147,6 +146,7 @@ class ValleGenerator:
 
 class CommandGenerator:
     """An external TTS system run once per request from a command template (no shell)."""
+
     name = "command"
     FIELDS = ("text", "prompt_wav", "prompt_text", "out_wav", "seed")
 
@@ -194,6 +194,7 @@ class CommandGenerator:
 
 class FolderGenerator:
     """Already generated audio, matched by id: ``<dir>/<id>.wav`` (one output per test item)."""
+
     name = "folder"
 
     def __init__(self, folder: str | Path) -> None:
@@ -236,6 +237,5 @@ def load_generator(
 
 def sample_seed(seed: int, item_id: str) -> int:
     """The sampler seed of one (run seed, item): stable across batchings, resumes and machines."""
-
     digest = hashlib.sha256(f"{seed}|{item_id}".encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF

@@ -40,9 +40,9 @@ from tqdm import tqdm
 
 from evaluation.runs.generators import GenRequest, load_generator, sample_seed
 from evaluation.runs.rundir import STAGES, Run, exclusive, records, write_json, write_parquet
+from evaluation.runs.summary import merge
 from evaluation.scorers.asr import compat_options
 from evaluation.scorers.scoring import Scorers, ScoringConfig, Timer
-from evaluation.runs.summary import merge
 from evaluation.testsets.testset import TestSet, cut_prompt
 
 PACKAGES = ("torch", "torchaudio", "faster-whisper", "ctranslate2", "openai-whisper", "speechbrain",

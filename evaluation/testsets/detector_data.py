@@ -133,7 +133,6 @@ def run_generator_name(run_dir: str | Path) -> str:
 
 def clips_from_run(run_dir: str | Path, name: str | None = None) -> tuple[list[Clip], dict]:
     """Bona fide and spoof clips of a ``valle score`` run (module docstring) and a description of it."""
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: run directory not found")
@@ -232,7 +231,6 @@ def collect_clips(
 
 def check_readable(clips: Sequence[Clip]) -> None:
     """Read every file's header (fast; no samples): one error listing every missing or unreadable file."""
-
     problems = []
     for c in clips:
         try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from valle.codec import contentvq, encodec, melvq, vqvae
 from valle.codec.base import Codec, CodecCard, CodecError
 
 CODECS = ("contentvq_24khz", "vqvae_24khz", "melvq_24khz", "encodec_24khz_6kbps")
@@ -25,30 +26,22 @@ def load_codec(
     device: str = "cpu",
 ) -> Codec:
     """Build a codec by name. ``weights`` overrides the default file; ``sha256`` the expected hash."""
-    if name in ("contentvq_24khz", "vqvae_24khz", "melvq_24khz"):
-        if name == "melvq_24khz":
-            # each codec module is imported only when asked for (they import this package's base)
-            from valle.codec.melvq import DEFAULT_ASSET
-            from valle.codec.melvq import MelVQCodec as cls
-        elif name == "vqvae_24khz":
-            from valle.codec.vqvae import DEFAULT_ASSET
-            from valle.codec.vqvae import VQVAECodec as cls
-        else:
-            from valle.codec.contentvq import DEFAULT_ASSET
-            from valle.codec.contentvq import ContentVQCodec as cls
-
-        codec = cls.load(weights or DEFAULT_ASSET)
+    offline = {
+        "melvq_24khz": (melvq.MelVQCodec, melvq.DEFAULT_ASSET),
+        "vqvae_24khz": (vqvae.VQVAECodec, vqvae.DEFAULT_ASSET),
+        "contentvq_24khz": (contentvq.ContentVQCodec, contentvq.DEFAULT_ASSET),
+    }
+    if name in offline:
+        cls, default_asset = offline[name]
+        codec = cls.load(weights or default_asset)
         if sha256 is not None and codec.card.weights_sha256 != sha256:
             raise CodecError(
-                f"{name} tables {weights or DEFAULT_ASSET} have sha256 {codec.card.weights_sha256}, "
+                f"{name} tables {weights or default_asset} have sha256 {codec.card.weights_sha256}, "
                 f"expected {sha256}"
             )
         return codec
     if name == "encodec_24khz_6kbps":
-        # the encodec package is heavy and needed by this codec only
-        from valle.codec.encodec import CHECKPOINT_SHA256, EncodecCodec
-
-        return EncodecCodec(weights, sha256=sha256 or CHECKPOINT_SHA256, device=device)
+        return encodec.EncodecCodec(weights, sha256=sha256 or encodec.CHECKPOINT_SHA256, device=device)
     raise CodecError(f"unknown codec {name!r}; choose one of {', '.join(CODECS)}")
 
 

@@ -209,7 +209,6 @@ def fit_contentvq(
     stage 1 leaves, so the residual is computed per utterance before frames are subsampled.
     With ``augment`` each waveform gets a random gain and noise (:func:`augment_level_and_noise`).
     """
-
     m = cfg.mel
     frontend = MelFrontend(m)
     rng = np.random.default_rng(seed)

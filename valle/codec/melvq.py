@@ -246,7 +246,6 @@ def fit_melvq(
     :func:`augment_level_and_noise`. At most ``max_frames`` frames (chosen uniformly at random) are
     used, which keeps fitting within minutes on 2 cores.
     """
-
     frontend = MelFrontend(cfg)
     rng = np.random.default_rng(seed)
     with torch.inference_mode():

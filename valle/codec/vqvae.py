@@ -260,7 +260,6 @@ def read_stage1(path: Path, cfg: VQVAEConfig) -> tuple[dict[str, torch.Tensor], 
     """A stage 1 saved by ``benchmarks/codec_stage1_phones.py --save``: (network tensors, mean frame).
     Training-only heads (phone read-outs, voice conditioning) are left out; a stage 1 trained with
     voice conditioning is refused (this codec's decoder does not take the voice)."""
-
     try:
         with safe_open(str(path), framework="pt") as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
@@ -293,7 +292,6 @@ def fit_vqvae(
     residual k-means on what stages 1 and 2 leave, frame by frame. With ``augment`` each waveform
     gets a random gain and noise (:func:`augment_level_and_noise`) first.
     """
-
     m = cfg.mel
     placeholder = torch.zeros(m.codebook_size, m.n_mels)
     codec = VQVAECodec(

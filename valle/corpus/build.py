@@ -36,11 +36,14 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import librosa
 import numpy as np
 from tqdm import tqdm
 
 from valle.audio import AudioError, duration, load_audio, peak_normalize, resample, save_audio
+from valle.corpus.espeak import EspeakSynth
 from valle.corpus.phones import write_phones
+from valle.corpus.piper import PiperSynth
 from valle.corpus.sentences import (
     HELDOUT_FRACTION,
     Sentence,
@@ -127,13 +130,8 @@ class Synthesizers:
 
     def _load(self, speaker: SpeakerSpec) -> Any:
         if isinstance(speaker, EspeakSpeaker):
-            # each speech engine (eSpeak NG, Piper + onnxruntime) loads only when a voice needs it
-            from valle.corpus.espeak import EspeakSynth
-
             return EspeakSynth()
         if isinstance(speaker, PiperSpeaker):
-            from valle.corpus.piper import PiperSynth
-
             return PiperSynth(seed=_stable_int(self.seed, speaker.id), alignments=True)
         raise TypeError(f"unknown speaker spec {speaker!r}")
 
@@ -157,9 +155,6 @@ def condition_with_offset(
     wav: np.ndarray, sr: int, config: CorpusConfig, name: str = "audio"
 ) -> tuple[np.ndarray, float]:
     """:func:`condition`, plus the seconds trimmed from the start (to shift phoneme times)."""
-    # librosa.effects imports numba (1.6 s here); only silence trimming needs it
-    import librosa
-
     wav = resample(np.asarray(wav, dtype=np.float32), sr, config.sample_rate)
     sr = config.sample_rate
     frame = max(256, int(0.025 * sr))
@@ -203,7 +198,6 @@ def build_corpus(
     like the synthetic ones, with ``engine: "real"`` and their own speaker labels. Rows whose
     text is a held-out sentence are left out, so held-out evaluation stays unseen.
     """
-
     config = config or CorpusConfig()
     out_dir = Path(out_dir)
     started = time.monotonic()

@@ -16,6 +16,7 @@ import threading
 import weakref
 from pathlib import Path
 
+import espeakng_loader
 import numpy as np
 
 # speak_lib.h constants (espeak-ng API revision 12).
@@ -76,9 +77,6 @@ class EspeakSynth:
     """
 
     def __init__(self, library: str | Path | None = None, data_path: str | Path | None = None):
-        # the eSpeak NG library is loaded with the first voice
-        import espeakng_loader
-
         library = Path(library or espeakng_loader.get_library_path())
         data_path = Path(data_path or espeakng_loader.get_data_path())
         if not library.is_file():
