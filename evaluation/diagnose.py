@@ -424,7 +424,7 @@ def embedding_rms(model: VALLE) -> dict[str, float]:
     out = {}
     for name, part in (("ar", model.ar), ("nar", model.nar)):
         text = float(part.text_emb.weight.detach()[1:].pow(2).mean().sqrt())
-        pos = abs(float(part.text_pos.alpha)) / math.sqrt(2)
+        pos = abs(float(part.text_pos.alpha.detach())) / math.sqrt(2)
         out[f"{name}_text_rms"] = round(text, 4)
         out[f"{name}_text_to_position_rms"] = round(text / pos, 3)
     return out
