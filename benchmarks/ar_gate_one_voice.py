@@ -94,7 +94,7 @@ def main() -> None:
         ]  # fmt: skip
         if valle(train) != 0:
             raise SystemExit("training failed")
-        # wall time of this call's steps only: a resumed run's earlier calls are not in it
+        # no figure for a resumed run: the steps of its earlier calls were not timed here
         minutes = round((time.monotonic() - started) / 60, 1) if started_at == 0 else None
     report = args.out / "diagnose.json"
     cmd = ["diagnose", "--checkpoint", str(args.out / "last"), "--no-asr", "--out", str(report)]
