@@ -47,8 +47,9 @@ def clip_windows(job: tuple) -> list[dict]:
     wav, sr, clip_id, secret, n_windows, seed = job
     wm = KeyedWatermarker(key=WatermarkKey("bench-windows", secret))
     rng = np.random.default_rng(seed)
-    payload = np.array(rng.integers(0, 2, wm.payload_bits))
-    marked = wm.embed(wav, sr, tuple(int(b) for b in payload))
+    bits_in = tuple(int(b) for b in rng.integers(0, 2, wm.payload_bits))
+    payload = np.array(bits_in)
+    marked = wm.embed(wav, sr, bits_in)
     rows = []
     for seconds in LENGTHS:
         n = int(seconds * sr)
@@ -67,7 +68,7 @@ def clip_windows(job: tuple) -> list[dict]:
                     "p_marked": ev_m.p_value,
                     "payload_exact": bool(np.array_equal(bits, payload)),
                     "bit_acc": float(np.mean(bits == payload)),
-                    "payload_z": wm.payload_z(ev_m.soft_bits, tuple(int(b) for b in payload)),
+                    "payload_z": wm.payload_z(ev_m.soft_bits, bits_in),
                     "p_unmarked": ev_u.p_value,
                 }
             )

@@ -18,18 +18,19 @@ from watermark.base import Detection, Watermarker, WatermarkError
 from watermark.keyed import KeyedWatermarker
 from watermark.perth_backend import PerthWatermarker
 
-WATERMARKERS = ("perth", "audioseal", "keyed")
+_BACKENDS: dict[str, type] = {
+    "perth": PerthWatermarker,
+    "audioseal": AudioSealWatermarker,
+    "keyed": KeyedWatermarker,
+}
+WATERMARKERS = tuple(_BACKENDS)
 DEFAULT_WATERMARKER = "perth"
 
 
 def backend_class(name: str) -> type:
     """The class that implements backend ``name`` (each loads its model library when built)."""
-    if name == "perth":
-        return PerthWatermarker
-    if name == "audioseal":
-        return AudioSealWatermarker
-    if name == "keyed":
-        return KeyedWatermarker
+    if name in _BACKENDS:
+        return _BACKENDS[name]
     raise WatermarkError(f"unknown watermark backend {name!r}; choose one of {', '.join(WATERMARKERS)}")
 
 

@@ -15,7 +15,13 @@ from pathlib import Path
 from valle.codec import contentvq, encodec, melvq, vqvae
 from valle.codec.base import Codec, CodecCard, CodecError
 
-CODECS = ("contentvq_24khz", "vqvae_24khz", "melvq_24khz", "encodec_24khz_6kbps")
+# the offline codecs: (class, packaged weights)
+_OFFLINE = {
+    "contentvq_24khz": (contentvq.ContentVQCodec, contentvq.DEFAULT_ASSET),
+    "vqvae_24khz": (vqvae.VQVAECodec, vqvae.DEFAULT_ASSET),
+    "melvq_24khz": (melvq.MelVQCodec, melvq.DEFAULT_ASSET),
+}
+CODECS = (*_OFFLINE, "encodec_24khz_6kbps")
 DEFAULT_CODEC = "vqvae_24khz"
 
 
@@ -26,13 +32,8 @@ def load_codec(
     device: str = "cpu",
 ) -> Codec:
     """Build a codec by name. ``weights`` overrides the default file; ``sha256`` the expected hash."""
-    offline = {
-        "melvq_24khz": (melvq.MelVQCodec, melvq.DEFAULT_ASSET),
-        "vqvae_24khz": (vqvae.VQVAECodec, vqvae.DEFAULT_ASSET),
-        "contentvq_24khz": (contentvq.ContentVQCodec, contentvq.DEFAULT_ASSET),
-    }
-    if name in offline:
-        cls, default_asset = offline[name]
+    if name in _OFFLINE:
+        cls, default_asset = _OFFLINE[name]
         codec = cls.load(weights or default_asset)
         if sha256 is not None and codec.card.weights_sha256 != sha256:
             raise CodecError(
