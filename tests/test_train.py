@@ -28,6 +28,7 @@ from valle.train import (
     build_model,
     draw_prompt_lens,
     lr_at,
+    self_fed_history,
     train,
 )
 
@@ -211,3 +212,48 @@ def test_training_one_part_leaves_the_other_untouched_and_ras_is_calibrated(cach
     assert ras["window"] == 10 and 0 < ras["threshold"] < 1 and ras["ground_truth_rate"] <= 0.02
     with pytest.raises(ValueError, match="parts"):
         TrainConfig(parts="encoder")
+
+
+def test_self_feed_swaps_only_target_frames_for_the_models_own_draws():
+    torch.manual_seed(0)
+    B, T, K = 2, 400, 16
+    codes1 = torch.randint(0, K, (B, T))
+    drawn = (codes1 + 1) % K  # a code the true one is not
+    logits = torch.full((B, T + 1, K + 1), -1e4)
+    logits[:, :T].scatter_(-1, drawn[..., None], 0.0)  # the model is sure of `drawn`
+    logits[:, :, K] = 1e4  # <eos> is never drawn as a code
+    audio_lens, prompt_lens = torch.tensor([400, 250]), torch.tensor([100, 50])
+    history = self_fed_history(logits, codes1, audio_lens, prompt_lens, share=0.5)
+    swapped = history != codes1
+    assert torch.equal(history[swapped], drawn[swapped])
+    t = torch.arange(T)
+    target = (t < audio_lens[:, None]) & (t >= prompt_lens[:, None])
+    assert not swapped[~target].any()  # prompt and padding frames stay true
+    share = swapped[target].float().mean()
+    assert 0.42 < share < 0.58  # 500 target frames at p = 0.5
+    assert not (self_fed_history(logits, codes1, audio_lens, prompt_lens, share=0.0) != codes1).any()
+    with pytest.raises(ValueError, match="ar_self_feed"):
+        TrainConfig(ar_self_feed=1.0)
+
+
+def test_self_fed_training_runs_and_changes_what_the_ar_sees(cache, tmp_path):
+    dataset = TokenDataset(cache)
+    batch = collate([dataset[i] for i in range(4)])
+    torch.manual_seed(0)
+    model = build_model(CFG, dataset.symbols, dataset.codec_card)
+    prompt_lens = torch.zeros_like(batch.audio_lens)
+    args = (batch.text, batch.text_lens, batch.codes, batch.audio_lens, prompt_lens, 2)
+    plain, fed = LossModule(model, "ar"), LossModule(model, "ar", ar_self_feed=0.5)
+    model.eval()  # no dropout, so only the inputs differ; eval also switches self-feeding off
+    assert torch.equal(plain(*args), fed.eval()(*args))
+    fed.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    torch.manual_seed(1)
+    stats = fed(*args)
+    assert torch.isfinite(stats).all() and not torch.equal(stats, plain.eval()(*args))
+    result = train(
+        replace(CFG, max_steps=3, parts="ar", ar_self_feed=0.5), cache, tmp_path / "run", progress=False
+    )
+    assert result.step == 3 and all(r["ar_loss"] > 0 for r in read_log(tmp_path / "run"))

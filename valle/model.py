@@ -303,12 +303,14 @@ class ARModel(nn.Module):
         codes1: torch.Tensor,
         audio_lens: torch.Tensor,
         pointer: torch.Tensor | None = None,
+        history: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden states [B, T+1, D] of the audio positions and targets [B, T+1]; ``pointer``
-        [B, T+1, 2] as in :meth:`embed_audio`."""
+        [B, T+1, 2] as in :meth:`embed_audio`; ``history`` [B, T] codes fed as the inputs in place
+        of codes1 (the targets stay codes1; see ``TrainConfig.ar_self_feed``)."""
         B, T = codes1.shape
         bos = torch.full((B, 1), self.cfg.bos, dtype=codes1.dtype, device=codes1.device)
-        inputs = torch.cat([bos, codes1], dim=1)  # [B, T+1]: input t predicts frame t
+        inputs = torch.cat([bos, codes1 if history is None else history], dim=1)  # input t predicts frame t
         audio_valid = lengths_to_mask(audio_lens + 1, T + 1)
         targets = torch.cat([codes1, torch.full_like(bos, IGNORE)], dim=1)
         targets[torch.arange(B), audio_lens] = self.cfg.eos
@@ -319,15 +321,20 @@ class ARModel(nn.Module):
         return self.hidden(h, mask)[:, text.shape[1] :], targets
 
     def forward(
-        self, text: torch.Tensor, text_lens: torch.Tensor, codes1: torch.Tensor, audio_lens: torch.Tensor
+        self,
+        text: torch.Tensor,
+        text_lens: torch.Tensor,
+        codes1: torch.Tensor,
+        audio_lens: torch.Tensor,
+        history: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced training pass.
 
         text [B, Lx] phoneme ids (0 = pad), codes1 [B, T] codebook-1 codes, lengths [B].
         Returns logits [B, T+1, V] for inputs [<bos>, c_1..c_T] and targets [B, T+1] = [c_1..c_T, <eos>]
-        with IGNORE after each utterance's <eos>.
+        with IGNORE after each utterance's <eos>. ``history`` [B, T] replaces c_1..c_T as inputs only.
         """
-        hidden, targets = self._teacher_forced(text, text_lens, codes1, audio_lens)
+        hidden, targets = self._teacher_forced(text, text_lens, codes1, audio_lens, history=history)
         return self.head(hidden), targets
 
     def forward_pointer(
@@ -338,6 +345,7 @@ class ARModel(nn.Module):
         audio_lens: torch.Tensor,
         durations: torch.Tensor,
         prompt_lens: torch.Tensor,
+        history: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Teacher-forced pass of the phone-pointer AR (``ar_pointer``).
 
@@ -345,10 +353,10 @@ class ARModel(nn.Module):
         audio_lens) and prompt_lens [B]: frames before the start of the phoneme that holds frame
         prompt_lens carry no pointer (the acoustic prompt). Returns (logits [B, T+1, V], targets
         [B, T+1], advance logits [B, T+1], advance targets [B, T+1] in {0, 1} or IGNORE off the
-        pointer's frames).
+        pointer's frames). ``history`` as in :meth:`forward`.
         """
         pointer, advance = pointer_from_durations(text, durations, prompt_lens, codes1.shape[1] + 1)
-        hidden, targets = self._teacher_forced(text, text_lens, codes1, audio_lens, pointer)
+        hidden, targets = self._teacher_forced(text, text_lens, codes1, audio_lens, pointer, history)
         return self.head(hidden), targets, self.advance_head(hidden).squeeze(-1), advance
 
 

@@ -92,6 +92,8 @@ class TrainConfig:
     init_from: str | None = None
     # share of items trained after a prompt from another utterance of their speaker (module docstring)
     cross_sentence: float = 0.0
+    # share of the AR's input codes replaced by its own draws (self_fed_history; not in the paper)
+    ar_self_feed: float = 0.0
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -115,6 +117,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.parts: expected one of {', '.join(PARTS)}, got {self.parts!r}")
         if not 0 <= self.cross_sentence <= 1:
             raise ValueError(f"TrainConfig.cross_sentence must be in [0, 1], got {self.cross_sentence}")
+        if not 0 <= self.ar_self_feed < 1:
+            raise ValueError(f"TrainConfig.ar_self_feed must be in [0, 1), got {self.ar_self_feed}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"TrainConfig.device: expected auto, cpu or cuda, got {self.device!r}")
 
@@ -189,6 +193,31 @@ def draw_items(
     return items, torch.tensor(fixed)
 
 
+def self_fed_history(
+    logits: torch.Tensor,
+    codes1: torch.Tensor,
+    audio_lens: torch.Tensor,
+    prompt_lens: torch.Tensor,
+    share: float,
+) -> torch.Tensor:
+    """AR inputs ``[B, T]`` with a ``share`` of the target frames replaced by the model's own draws.
+
+    Not in the paper: two-pass scheduled sampling for transformers (Mihaylova & Martins, ACL SRW
+    2019). ``logits`` [B, T+1, V] come from a gradient-free teacher-forced pass; frame t's draw
+    (temperature 1, codes only) is what the AR would have said there, so the second pass learns to
+    predict the true frame after its own kind of mistakes, as it must when generating. The
+    acoustic prompt's frames (t < prompt_lens) stay true, as they are at inference.
+    """
+    B, T = codes1.shape
+    K = logits.shape[-1] - 1  # the last class is <eos>
+    probs = logits[:, :T, :K].float().softmax(-1)
+    drawn = torch.multinomial(probs.flatten(0, 1), 1).view(B, T)
+    t = torch.arange(T, device=codes1.device)
+    target = (t < audio_lens[:, None]) & (t >= prompt_lens[:, None])
+    swap = target & (torch.rand(B, T, device=codes1.device) < share)
+    return torch.where(swap, drawn, codes1)
+
+
 class LossModule(nn.Module):
     """Wraps :class:`VALLE` so one ``forward`` (what DDP hooks) runs both the AR and the NAR.
 
@@ -197,10 +226,11 @@ class LossModule(nn.Module):
     out of ``parts`` is not run and gives zeros, as do the advance entries without the phone pointer.
     """
 
-    def __init__(self, model: VALLE, parts: str = "ar+nar") -> None:
+    def __init__(self, model: VALLE, parts: str = "ar+nar", ar_self_feed: float = 0.0) -> None:
         super().__init__()
         self.model = model
         self.parts = parts.split("+")
+        self.ar_self_feed = ar_self_feed
 
     def forward(
         self,
@@ -224,8 +254,10 @@ class LossModule(nn.Module):
                         "the AR's phone pointer needs frames per phoneme: prepare the token cache "
                         "with alignments (valle train --ar-pointer, a corpus with phones files)"
                     )
+                ar_inputs = (text, text_lens, codes[..., 0], audio_lens, durations, prompt_lens)
+                history = self._self_fed(self.model.ar.forward_pointer, ar_inputs, prompt_lens)
                 logits, targets, adv_logits, adv_targets = self.model.ar.forward_pointer(
-                    text, text_lens, codes[..., 0], audio_lens, durations, prompt_lens
+                    *ar_inputs, history=history
                 )
                 on = adv_targets != IGNORE
                 advance = [
@@ -235,7 +267,9 @@ class LossModule(nn.Module):
                     on.sum().float(),
                 ]
             elif part == "ar":
-                logits, targets = self.model.ar(text, text_lens, codes[..., 0], audio_lens)  # [B, T+1, V]
+                ar_inputs = (text, text_lens, codes[..., 0], audio_lens)
+                history = self._self_fed(self.model.ar, ar_inputs, prompt_lens)
+                logits, targets = self.model.ar(*ar_inputs, history=history)  # [B, T+1, V]
             else:
                 logits = self.model.nar(text, text_lens, codes, audio_lens, prompt_lens, stage)  # [B, T, K]
                 T = codes.shape[1]
@@ -248,10 +282,20 @@ class LossModule(nn.Module):
             stats += [loss, correct.float()]
         return torch.stack(stats + advance)
 
+    def _self_fed(self, ar_pass, ar_inputs: tuple, prompt_lens: torch.Tensor) -> torch.Tensor | None:
+        """The AR's inputs under ``ar_self_feed`` (None = the true codes): a first pass without
+        gradients, then :func:`self_fed_history`."""
+        if not (self.training and self.ar_self_feed > 0):
+            return None
+        with torch.no_grad():
+            logits = ar_pass(*ar_inputs)[0]
+        codes1, audio_lens = ar_inputs[2], ar_inputs[3]
+        return self_fed_history(logits, codes1, audio_lens, prompt_lens, self.ar_self_feed)
 
-def wrap_model(model: VALLE, info: DistInfo, parts: str = "ar+nar") -> nn.Module:
+
+def wrap_model(model: VALLE, info: DistInfo, parts: str = "ar+nar", ar_self_feed: float = 0.0) -> nn.Module:
     """:class:`LossModule` around ``model``, DDP-wrapped when running distributed."""
-    module: nn.Module = LossModule(model, parts)
+    module: nn.Module = LossModule(model, parts, ar_self_feed)
     if info.distributed:
         # the NAR heads of the stages not drawn this step get no gradient
         ids = [info.device.index] if info.device.type == "cuda" else None
@@ -387,7 +431,7 @@ def train(
     elif cfg.init_from is not None:
         init_from(Path(cfg.init_from), model, dataset)
 
-    module = wrap_model(model, info, cfg.parts)
+    module = wrap_model(model, info, cfg.parts, cfg.ar_self_feed)
     autocast = cfg.bf16 and bf16_autocast_ok(device)
     stop = min(cfg.max_steps, until_step if until_step is not None else cfg.max_steps)
 

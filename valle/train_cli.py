@@ -80,6 +80,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=d.cross_sentence,
         help="share of items trained after another utterance of their speaker (not in the paper)",
     )
+    p.add_argument(
+        "--ar-self-feed",
+        type=float,
+        default=d.ar_self_feed,
+        help="share of the AR's input codes replaced by its own draws (scheduled sampling; not in the paper)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     p.set_defaults(func=run)
 
@@ -105,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         ar_pointer=args.ar_pointer,
         init_from=None if args.init_from is None else str(args.init_from),
         cross_sentence=args.cross_sentence,
+        ar_self_feed=args.ar_self_feed,
     )
     cache_dir = args.cache_dir or args.out / "tokens"
     info = setup_distributed(cfg.device)
