@@ -20,17 +20,8 @@ from valle.codec import CodecError, load_codec
 from valle.codec.melvq import MelVQCodec
 from valle.data import TokenDataset, collate, prepare_tokens
 from valle.phonemes import Phonemizer, SymbolTable
-from valle.train import (
-    LOG,
-    LossModule,
-    TrainConfig,
-    backward_step,
-    build_model,
-    draw_prompt_lens,
-    lr_at,
-    self_fed_history,
-    train,
-)
+from valle.train import LOG, TrainConfig, build_model, draw_prompt_lens, lr_at, train
+from valle.train_step import LossModule, backward_step, self_fed_history
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = TrainConfig(
@@ -148,7 +139,8 @@ import torch
 from safetensors.torch import save_file
 
 from valle.data import TokenDataset, collate
-from valle.train import TrainConfig, backward_step, build_model, setup_distributed, wrap_model
+from valle.train import TrainConfig, build_model, setup_distributed
+from valle.train_step import backward_step, wrap_model
 from valle.train_cli import main
 
 cache, manifest, out, grads_path = sys.argv[1:5]
