@@ -1,4 +1,4 @@
-"""Token cache, length-bucketing sampler and collation on a few short eSpeak utterances."""
+"""Token cache (valle.data), bucketing sampler and collation (valle.batching) on short eSpeak clips."""
 
 from __future__ import annotations
 
@@ -12,18 +12,10 @@ import torch
 
 from tests.conftest import tone
 from valle.audio import load_audio, save_audio
+from valle.batching import LengthBucketSampler, collate
 from valle.codec import load_codec
 from valle.codec.melvq import MelVQCodec
-from valle.data import (
-    INDEX,
-    TOKENS,
-    DataError,
-    LengthBucketSampler,
-    PrepareOptions,
-    TokenDataset,
-    collate,
-    prepare_tokens,
-)
+from valle.data import INDEX, TOKENS, DataError, PrepareOptions, TokenDataset, prepare_tokens
 from valle.manifest import ManifestError
 from valle.model import IGNORE
 from valle.phonemes import DEFAULT_SYMBOLS, Phonemizer, SymbolTable

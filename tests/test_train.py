@@ -15,10 +15,11 @@ import torch
 from safetensors.torch import load_file
 
 from tests.test_data import make_corpus
+from valle.batching import collate
 from valle.checkpoint import load_checkpoint
 from valle.codec import CodecError, load_codec
 from valle.codec.melvq import MelVQCodec
-from valle.data import TokenDataset, collate, prepare_tokens
+from valle.data import TokenDataset, prepare_tokens
 from valle.phonemes import Phonemizer, SymbolTable
 from valle.train import LOG, TrainConfig, build_model, draw_prompt_lens, lr_at, train
 from valle.train_step import LossModule, backward_step, self_fed_history
@@ -138,7 +139,8 @@ import sys
 import torch
 from safetensors.torch import save_file
 
-from valle.data import TokenDataset, collate
+from valle.batching import collate
+from valle.data import TokenDataset
 from valle.train import TrainConfig, build_model, setup_distributed
 from valle.train_step import backward_step, wrap_model
 from valle.train_cli import main

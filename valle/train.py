@@ -48,8 +48,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from valle.batching import LengthBucketSampler, collate
 from valle.codec.base import CodecCard
-from valle.data import TEXT_HAS_BOS_EOS, Item, LengthBucketSampler, TokenDataset, collate
+from valle.data import TEXT_HAS_BOS_EOS, Item, TokenDataset
 from valle.distributed import setup_distributed
 from valle.hardware import bf16_autocast_ok
 from valle.model import PRESETS, VALLE, make_config

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from valle.data import Batch
+from valle.batching import Batch
 from valle.distributed import DistInfo
 from valle.model import IGNORE, VALLE, lengths_to_mask
 
