@@ -25,6 +25,11 @@ same frames, so the AR's figures can be read against "knows the phoneme, nothing
 
     python benchmarks/codebook1_tolerance.py --checkpoint runs/ar_one_voice_1049/last \
         --manifest data/corpus_onevoice/piper-joe-vtl1.00.train.jsonl
+    python benchmarks/codebook1_tolerance.py --checkpoint runs/ft_selffeed/last \
+        --name codebook1_tolerance_self_feed
+    python benchmarks/codebook1_tolerance.py --checkpoint runs/ft_plain/last --name codebook1_tolerance_plain
+
+(the two fine-tuning runs and their commands: README, "Self-feeding, measured against plain training").
 """
 
 from __future__ import annotations
