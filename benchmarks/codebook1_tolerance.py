@@ -131,10 +131,9 @@ def main() -> None:
     conditions["cb1"] = lambda ex: ex.codes[:, 0]
     conditions.update({f"phone_sub_{p}": phone_sub(p) for p in SUB_RATES})
     conditions["phone_mode"] = lambda ex: torch.from_numpy(mode[frame_phonemes(ex)])
-    conditions["ar_tf_argmax"] = lambda ex: teacher_forced_logits(model, ex).argmax(-1)
-    conditions["ar_tf_sample"] = lambda ex: torch.multinomial(
-        teacher_forced_logits(model, ex).softmax(-1), 1, generator=gen
-    )[:, 0]
+    tf_logits = {ex.id: teacher_forced_logits(model, ex) for ex in scored}  # one pass per utterance
+    conditions["ar_tf_argmax"] = lambda ex: tf_logits[ex.id].argmax(-1)
+    conditions["ar_tf_sample"] = lambda ex: tf_logits[ex.id].softmax(-1).multinomial(1, generator=gen)[:, 0]
 
     figures: dict = {"checkpoint_step": ckpt.step, "n": len(scored), "phone_stats_utterances": len(rest)}
     hyps = {"raw": [asr.transcribe(ex.wav, ex.sr).text for ex in scored]}
@@ -154,7 +153,7 @@ def main() -> None:
         labels, target = frame_phonemes(ex), ex.codes[:, 0]
         nll_phone -= np.log(probs[labels, target.numpy()]).sum()
         top1_phone += (mode[labels] == target.numpy()).sum()
-        logits = teacher_forced_logits(model, ex)
+        logits = tf_logits[ex.id]
         nll_ar += float(F.cross_entropy(logits, target, reduction="sum"))
         top1_ar += int((logits.argmax(-1) == target).sum())
         frames += len(target)
