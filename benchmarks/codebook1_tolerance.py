@@ -17,7 +17,14 @@ Whisper tiny.en:
   code, and a draw at temperature 1;
 - ``ar_sampled``, ``ar_greedy``: codebook 1 generated freely after another utterance of the voice
   (cross-sentence mode; the checkpoint's sampling defaults, as ``ar_gate_one_voice.py`` listens, and
-  greedy), so each frame follows the AR's own earlier frames.
+  greedy), so each frame follows the AR's own earlier frames; sampled with ``--seeds`` seeds
+  (``wer_ar_sampled`` is seed 0, ``wer_ar_sampled_mean`` their mean);
+- ``ar_free_true_timing``: generated greedily from the AR's own earlier frames, but with the
+  pointer moved by the true phone timing instead of the advance head (no prompt, as teacher
+  forced): whether free-running output fails on timing or on the codes themselves
+  (``ar_free_true_timing_top1``: share of its codes equal to the truth; ``*_repeat``: share of
+  frames that repeat the previous code, for it and for the truth; ``ar_tf_argmax_repeat``: how
+  often the teacher-forced AR's most likely code is the previous true code).
 
 Beside the WERs it reports the cross-entropy and top-1 accuracy of the phoneme-only predictor
 (``phone_ce_nats``, ``phone_mode_top1``) and of the AR (``ar_tf_ce_nats``, ``ar_tf_top1``) on the
@@ -46,6 +53,7 @@ from results_io import write_result
 
 from evaluation import diagnose as dg
 from evaluation.scorers.wer import word_error_rate
+from valle.ar_decoding import CachedDecoder, pointer_ids
 from valle.checkpoint import load_checkpoint
 from valle.codec import load_codec_for
 from valle.generate import GenerationOptions
@@ -87,6 +95,23 @@ def teacher_forced_logits(model, ex: dg.Example) -> torch.Tensor:
     return logits[0, : len(ex.codes), : model.cfg.codebook_size].float()
 
 
+@torch.inference_mode()
+def free_running_true_timing(model, ex: dg.Example) -> torch.Tensor:
+    """Greedy codebook 1 ``[T]`` from the AR's own earlier codes, the pointer on the true timing."""
+    text, text_lens = torch.tensor([ex.phonemes]), torch.tensor([len(ex.phonemes)])
+    at = torch.from_numpy(np.repeat(np.arange(len(ex.phonemes)), np.asarray(ex.durations)))  # [T]
+    T, K = len(ex.codes), model.cfg.codebook_size
+    no_prompt = torch.zeros(1, 0, dtype=torch.long)
+    first = pointer_ids(text, text_lens, at[:1])
+    decoder = CachedDecoder(model.ar, text, text_lens, no_prompt, torch.tensor([0]), T, torch.float32, first)
+    hidden, out = decoder.first(), torch.empty(1, 0, dtype=torch.long)
+    for t in range(T):
+        out = torch.cat([out, model.ar.head(hidden)[:, :K].argmax(-1, keepdim=True)], dim=1)
+        if t + 1 < T:
+            hidden = decoder.feed(out, pointer_ids(text, text_lens, at[t + 1 : t + 2]))
+    return out[0]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, default=REPO / "runs" / "ar_one_voice_1049" / "last")
@@ -95,6 +120,9 @@ def main() -> None:
     )
     ap.add_argument("--n", type=int, default=20, help="utterances decoded and scored (the first n)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--seeds", type=int, default=3, help="sampling seeds of the free-running AR (0, 100, ...)"
+    )
     ap.add_argument("--name", default="codebook1_tolerance")
     args = ap.parse_args()
 
@@ -134,6 +162,8 @@ def main() -> None:
     tf_logits = {ex.id: teacher_forced_logits(model, ex) for ex in scored}  # one pass per utterance
     conditions["ar_tf_argmax"] = lambda ex: tf_logits[ex.id].argmax(-1)
     conditions["ar_tf_sample"] = lambda ex: tf_logits[ex.id].softmax(-1).multinomial(1, generator=gen)[:, 0]
+    free = {ex.id: free_running_true_timing(model, ex) for ex in scored}
+    conditions["ar_free_true_timing"] = lambda ex: free[ex.id]
 
     figures: dict = {"checkpoint_step": ckpt.step, "n": len(scored), "phone_stats_utterances": len(rest)}
     hyps = {"raw": [asr.transcribe(ex.wav, ex.sr).text for ex in scored]}
@@ -157,15 +187,38 @@ def main() -> None:
         nll_ar += float(F.cross_entropy(logits, target, reduction="sum"))
         top1_ar += int((logits.argmax(-1) == target).sum())
         frames += len(target)
+    free_hits = sum(int((free[ex.id] == ex.codes[:, 0]).sum()) for ex in scored)
+
+    def repeat_share(codes: list[torch.Tensor]) -> float:
+        return round(sum(int((c[1:] == c[:-1]).sum()) for c in codes) / sum(len(c) - 1 for c in codes), 4)
+
     figures |= {
         "frames": int(frames),
         "phone_ce_nats": round(nll_phone / frames, 4),
         "phone_mode_top1": round(top1_phone / frames, 4),
         "ar_tf_ce_nats": round(nll_ar / frames, 4),
         "ar_tf_top1": round(top1_ar / frames, 4),
+        "ar_free_true_timing_top1": round(free_hits / frames, 4),
+        "ar_free_true_timing_repeat": repeat_share([free[ex.id] for ex in scored]),
+        "cb1_repeat": repeat_share([ex.codes[:, 0] for ex in scored]),
+        # how often its teacher-forced best guess is "the previous true code again"
+        "ar_tf_argmax_repeat": round(
+            sum(int((tf_logits[ex.id].argmax(-1)[1:] == ex.codes[:-1, 0]).sum()) for ex in scored)
+            / sum(len(ex.codes) - 1 for ex in scored),
+            4,
+        ),
     }
     prompts = [examples[(i + 1) % len(examples)] for i in range(len(scored))]
-    figures["wer_ar_sampled"] = dg.ar_generation(ckpt, codec, scored, prompts, asr)["wer"]
+    # sampled output swings by 10-15 points between seeds and checkpoints: several seeds, and their mean
+    for k in range(args.seeds):
+        sampled = GenerationOptions(seed=100 * k)  # item i draws with seed 100 k + i
+        figures[f"wer_ar_sampled_seed{100 * k}"] = dg.ar_generation(
+            ckpt, codec, scored, prompts, asr, sampled
+        )["wer"]
+    figures["wer_ar_sampled"] = figures["wer_ar_sampled_seed0"]
+    figures["wer_ar_sampled_mean"] = round(
+        float(np.mean([figures[f"wer_ar_sampled_seed{100 * k}"] for k in range(args.seeds)])), 2
+    )
     greedy = GenerationOptions(sampling=SamplingOptions(greedy=True))
     figures["wer_ar_greedy"] = dg.ar_generation(ckpt, codec, scored, prompts, asr, greedy)["wer"]
     path = write_result(
