@@ -35,7 +35,8 @@ same frames, so the AR's figures can be read against "knows the phoneme, nothing
     python benchmarks/codebook1_tolerance.py --checkpoint runs/ft_selffeed/last \
         --name codebook1_tolerance_self_feed
     python benchmarks/codebook1_tolerance.py --checkpoint runs/ft_plain/last --name codebook1_tolerance_plain
-    python benchmarks/codebook1_tolerance.py --checkpoint runs/ft_sf09/last --name codebook1_tolerance_self_feed_09
+    python benchmarks/codebook1_tolerance.py --checkpoint runs/ft_sf09/last \
+        --name codebook1_tolerance_self_feed_09
 
 (the fine-tuning runs and their commands: README, "Self-feeding, measured against plain training").
 """
