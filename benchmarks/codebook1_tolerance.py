@@ -32,13 +32,14 @@ same frames, so the AR's figures can be read against "knows the phoneme, nothing
 
     python benchmarks/codebook1_tolerance.py --checkpoint runs/ar_one_voice_1049/last \
         --manifest data/corpus_onevoice/piper-joe-vtl1.00.train.jsonl
-    python benchmarks/codebook1_tolerance.py --checkpoint runs/ft_selffeed/last \
+    python benchmarks/codebook1_tolerance.py --checkpoint runs/ft_selffeed_400 \
         --name codebook1_tolerance_self_feed
-    python benchmarks/codebook1_tolerance.py --checkpoint runs/ft_plain/last --name codebook1_tolerance_plain
+    python benchmarks/codebook1_tolerance.py --checkpoint runs/ft_plain_400 --name codebook1_tolerance_plain
     python benchmarks/codebook1_tolerance.py --checkpoint runs/ft_sf09/last \
         --name codebook1_tolerance_self_feed_09
 
-(the fine-tuning runs and their commands: README, "Self-feeding, measured against plain training").
+(the fine-tuning runs and their commands: README, "Self-feeding, measured against plain training";
+``runs/ft_*_400`` are copies of those runs' ``last`` at step 400).
 """
 
 from __future__ import annotations
