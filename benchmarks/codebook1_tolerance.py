@@ -56,10 +56,9 @@ from results_io import write_result
 
 from evaluation import diagnose as dg
 from evaluation.scorers.wer import word_error_rate
-from valle.ar_decoding import CachedDecoder, pointer_ids
 from valle.checkpoint import load_checkpoint
 from valle.codec import load_codec_for
-from valle.generate import GenerationOptions
+from valle.generate import GenerationOptions, ar_generate
 from valle.manifest import read_manifest
 from valle.sampling import SamplingOptions
 
@@ -98,21 +97,22 @@ def teacher_forced_logits(model, ex: dg.Example) -> torch.Tensor:
     return logits[0, : len(ex.codes), : model.cfg.codebook_size].float()
 
 
-@torch.inference_mode()
 def free_running_true_timing(model, ex: dg.Example) -> torch.Tensor:
     """Greedy codebook 1 ``[T]`` from the AR's own earlier codes, the pointer on the true timing."""
-    text, text_lens = torch.tensor([ex.phonemes]), torch.tensor([len(ex.phonemes)])
-    at = torch.from_numpy(np.repeat(np.arange(len(ex.phonemes)), np.asarray(ex.durations)))  # [T]
-    T, K = len(ex.codes), model.cfg.codebook_size
+    T = len(ex.codes)
     no_prompt = torch.zeros(1, 0, dtype=torch.long)
-    first = pointer_ids(text, text_lens, at[:1])
-    decoder = CachedDecoder(model.ar, text, text_lens, no_prompt, torch.tensor([0]), T, torch.float32, first)
-    hidden, out = decoder.first(), torch.empty(1, 0, dtype=torch.long)
-    for t in range(T):
-        out = torch.cat([out, model.ar.head(hidden)[:, :K].argmax(-1, keepdim=True)], dim=1)
-        if t + 1 < T:
-            hidden = decoder.feed(out, pointer_ids(text, text_lens, at[t + 1 : t + 2]))
-    return out[0]
+    greedy = GenerationOptions(sampling=SamplingOptions(greedy=True))
+    return ar_generate(
+        model.ar,
+        torch.tensor([ex.phonemes]),
+        torch.tensor([len(ex.phonemes)]),
+        no_prompt,
+        torch.tensor([0]),
+        torch.tensor([T]),
+        greedy,
+        pointer_start=torch.tensor([0]),
+        durations=[list(ex.durations)],
+    )[0].codes1
 
 
 def main() -> None:

@@ -133,6 +133,34 @@ def test_pointer_generation_ends_after_the_last_phoneme_and_the_kv_cache_matches
         ar_generate(model.ar, text, text_lens, prompt, prompt_lens, torch.tensor([5, 5]), GenerationOptions())
 
 
+def test_pointer_generation_on_given_durations_follows_them_not_the_advance_head():
+    model = _pointer_model()
+    with torch.no_grad():  # the advance head never moves on: only the durations can
+        model.ar.advance_head.bias.fill_(-20.0)
+    text, text_lens = torch.tensor([[3, 4, 5, 6, 7], [8, 9, 10, 0, 0]]), torch.tensor([5, 3])
+    durations = [[2, 1, 3, 2, 1], [4, 1, 2]]
+    no_prompt = torch.zeros(2, 0, dtype=torch.long)
+    greedy = GenerationOptions(sampling=SamplingOptions(greedy=True))
+    out = ar_generate(
+        model.ar, text, text_lens, no_prompt, torch.tensor([0, 0]), torch.tensor([20, 20]), greedy,
+        pointer_start=torch.tensor([0, 0]), durations=durations,
+    )  # fmt: skip
+    assert [(len(r.codes1), r.stop_reason) for r in out] == [(9, "eos"), (7, "eos")]
+    # greedy: each code is the argmax of a teacher-forced pass over those codes on the same timing
+    for i, r in enumerate(out):
+        n = torch.tensor([len(r.codes1)])
+        logits, _, _, _ = model.ar.forward_pointer(
+            text[i : i + 1, : text_lens[i]], text_lens[i : i + 1], r.codes1[None], n,
+            torch.tensor([durations[i]]), torch.tensor([0]),
+        )  # fmt: skip
+        assert torch.equal(logits[0, : len(r.codes1), :16].argmax(-1), r.codes1)
+    with pytest.raises(ValueError, match="durations"):
+        ar_generate(
+            model.ar, text, text_lens, no_prompt, torch.tensor([0, 0]), torch.tensor([20, 20]), greedy,
+            pointer_start=torch.tensor([0, 0]), durations=[[2, 1, 3, 2, 1], [4, 0, 2]],
+        )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def timed_corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("timed_corpus")

@@ -165,6 +165,7 @@ def ar_generate(
     generators: Sequence[torch.Generator] | None = None,
     return_logits: bool = False,
     pointer_start: torch.Tensor | None = None,
+    durations: Sequence[Sequence[int]] | None = None,
 ) -> list[ARResult]:
     """Sample codebook 1 after each prompt, for a batch of items of different lengths.
 
@@ -178,7 +179,10 @@ def ar_generate(
     "move to the next phoneme" from the advance head, and an item ends (stop
     reason ``eos``) when its pointer moves past its last phoneme. Greedy decoding moves at the
     median of the duration that head implies (when the product of its "stay" probabilities since the
-    phoneme began falls below one half).
+    phoneme began falls below one half). ``durations`` (one list per item: frames for each phoneme
+    from ``pointer_start`` to the end of its text, each >= 1) moves the pointer on that timing
+    instead of the advance head, so an item has exactly ``sum(durations[i])`` frames (a diagnostic:
+    the AR's codes with the timing known).
     """
     cfg = ar.cfg
     device = _device_of(ar)
@@ -215,6 +219,9 @@ def ar_generate(
             raise GenerationError(
                 f"ar_generate: pointer_start {ptr.tolist()} outside the texts (lengths {text_lens.tolist()})"
             )
+    forced = None  # [B, max_steps]: the pointer moves on after frame s
+    if durations is not None:
+        forced = _forced_moves(durations, ptr, text_lens, max_new, device)
 
     finished: dict[int, tuple[int, str]] = {}  # input index -> (frames, stop reason)
     resampled = [0] * B
@@ -245,7 +252,9 @@ def ar_generate(
             is_eos = tokens == cfg.eos
             if ptr is not None:
                 p_next = torch.sigmoid(ar.advance_head(hidden).float().squeeze(-1))
-                if sampling.greedy:
+                if forced is not None:
+                    move = forced[rows, s]
+                elif sampling.greedy:
                     # the head is a hazard (~1/duration per frame, rarely > 0.5): move on at the
                     # median of the duration it implies, when P(still here) falls below one half
                     stay = stay * (1 - p_next)
@@ -285,6 +294,34 @@ def ar_generate(
         )
         for i in range(B)
     ]
+
+
+def _forced_moves(
+    durations: Sequence[Sequence[int]],
+    ptr: torch.Tensor | None,
+    text_lens: torch.Tensor,
+    max_new: torch.Tensor,
+    device: torch.device,
+) -> torch.Tensor:
+    """``[B, max(max_new)]`` bool: True at the last frame of each phoneme of ``durations``."""
+    if ptr is None:
+        raise GenerationError("ar_generate: durations need an AR with the phone pointer")
+    if len(durations) != len(ptr):
+        raise GenerationError(f"ar_generate: {len(durations)} duration lists for {len(ptr)} items")
+    forced = torch.zeros(len(ptr), int(max_new.max()), dtype=torch.bool, device=device)
+    for i, d in enumerate(durations):
+        n_phonemes = int(text_lens[i] - ptr[i])
+        if len(d) != n_phonemes or min(d, default=0) < 1:
+            raise GenerationError(
+                f"ar_generate: item {i} needs {n_phonemes} durations >= 1 (one per phoneme from "
+                f"pointer_start), got {list(d)}"
+            )
+        if sum(d) > int(max_new[i]):
+            raise GenerationError(
+                f"ar_generate: item {i}'s durations sum to {sum(d)} > max_new {int(max_new[i])}"
+            )
+        forced[i, torch.tensor(d).cumsum(0) - 1] = True
+    return forced
 
 
 # ----------------------------------------------------------------------------------------------
