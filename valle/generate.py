@@ -13,7 +13,8 @@ from the batch and from the cache, so they stop costing compute.
 Both evaluation modes of VALL-E reduce to "continue codebook 1 after a prompt":
 cross-sentence (text = prompt transcript + word boundary + target text, prompt = another utterance
 of the speaker) and continuation (text = the full transcript, prompt = its first 3 s). Helpers
-:func:`cross_sentence_inputs` and :func:`continuation_inputs` build the inputs of either mode.
+:func:`cross_sentence_inputs` and :func:`continuation_inputs` (``valle.generation_inputs``, re-exported
+here) build the inputs of either mode.
 """
 
 from __future__ import annotations
@@ -28,6 +29,18 @@ import torch
 from torch import nn
 
 from valle.ar_decoding import CachedDecoder, FullDecoder, pointer_ids
+from valle.generation_inputs import (
+    GenerationError,
+    PromptedText,
+    check_batch_codes,
+    check_prompt,
+    check_text,
+    continuation_inputs,
+    cross_sentence_inputs,
+    expected_frames,
+    forced_moves,
+    pad,
+)
 from valle.model import VALLE, ARModel, NARModel, lengths_to_mask
 from valle.sampling import SamplingOptions, categorical, draw_uniforms, filter_logits, sample_tokens
 
@@ -48,10 +61,6 @@ __all__ = [
 ]
 
 STOP_REASONS = ("eos", "max_length")
-
-
-class GenerationError(ValueError):
-    """Invalid generation input: the message names the item and the field."""
 
 
 @dataclass(frozen=True)
@@ -92,47 +101,6 @@ class GenerationOutput:
     n_frames: int
     seed: int
     resampled_count: int
-
-
-@dataclass(frozen=True)
-class PromptedText:
-    """One generation request: the AR text, the acoustic prompt and how many text ids it covers."""
-
-    text_ids: list[int]
-    prompt_codes: torch.Tensor  # [Tp, n_codebooks]
-    prompt_phonemes: int  # leading entries of text_ids spoken in the prompt
-
-
-def cross_sentence_inputs(
-    prompt_text_ids: Sequence[int], target_text_ids: Sequence[int], prompt_codes: torch.Tensor, word_id: int
-) -> PromptedText:
-    """Cross-sentence mode: text = prompt transcript + word boundary + target; the boundary is
-    counted with the prompt (it is spoken, as a pause, before the target starts)."""
-    text = [*prompt_text_ids, word_id, *target_text_ids]
-    return PromptedText(text, prompt_codes, len(prompt_text_ids) + 1)
-
-
-def continuation_inputs(
-    text_ids: Sequence[int], codes: torch.Tensor, frame_rate: float = 75.0, prompt_seconds: float = 3.0
-) -> PromptedText:
-    """Continuation mode: the prompt is the first ``prompt_seconds`` of the utterance ``codes`` [T, Q],
-    the text its full transcript. Which phonemes the prompt covers is unknown without an alignment,
-    so it is estimated in proportion to duration (only the length cap depends on it)."""
-    n_prompt = round(prompt_seconds * frame_rate)
-    if codes.dim() != 2 or codes.shape[0] <= n_prompt:
-        raise GenerationError(
-            f"continuation: utterance codes {tuple(codes.shape)} must be [T, Q] with T > {n_prompt} "
-            f"({prompt_seconds} s prompt at {frame_rate} Hz)"
-        )
-    if len(text_ids) < 2:
-        raise GenerationError(f"continuation: transcript has {len(text_ids)} phonemes, need >= 2")
-    covered = round(len(text_ids) * n_prompt / codes.shape[0])
-    return PromptedText(list(text_ids), codes[:n_prompt], min(max(covered, 1), len(text_ids) - 1))
-
-
-def expected_frames(prompt_frames: int, prompt_phonemes: int, target_phonemes: int) -> float:
-    """Target length at the prompt's speaking rate: (prompt frames / prompt phonemes) * target phonemes."""
-    return prompt_frames / prompt_phonemes * target_phonemes
 
 
 def max_new_frames(
@@ -196,7 +164,7 @@ def ar_generate(
         )
     text, prompt = text.to(device), prompt.to(device)
     text_lens, prompt_lens = text_lens.to(device), prompt_lens.to(device)
-    _check_batch_codes(prompt, prompt_lens, cfg.codebook_size, "ar_generate: prompt")
+    check_batch_codes(prompt, prompt_lens, cfg.codebook_size, "ar_generate: prompt")
     if bool(((text < 0) | (text >= cfg.n_phonemes)).any()):
         raise GenerationError(f"ar_generate: text holds ids outside 0..{cfg.n_phonemes - 1}")
     hard_cap = math.floor(options.max_seconds * frame_rate)
@@ -221,7 +189,7 @@ def ar_generate(
             )
     forced = None  # [B, max_steps]: the pointer moves on after frame s
     if durations is not None:
-        forced = _forced_moves(durations, ptr, text_lens, max_new, device)
+        forced = forced_moves(durations, ptr, text_lens, max_new, device)
 
     finished: dict[int, tuple[int, str]] = {}  # input index -> (frames, stop reason)
     resampled = [0] * B
@@ -296,34 +264,6 @@ def ar_generate(
     ]
 
 
-def _forced_moves(
-    durations: Sequence[Sequence[int]],
-    ptr: torch.Tensor | None,
-    text_lens: torch.Tensor,
-    max_new: torch.Tensor,
-    device: torch.device,
-) -> torch.Tensor:
-    """``[B, max(max_new)]`` bool: True at the last frame of each phoneme of ``durations``."""
-    if ptr is None:
-        raise GenerationError("ar_generate: durations need an AR with the phone pointer")
-    if len(durations) != len(ptr):
-        raise GenerationError(f"ar_generate: {len(durations)} duration lists for {len(ptr)} items")
-    forced = torch.zeros(len(ptr), int(max_new.max()), dtype=torch.bool, device=device)
-    for i, d in enumerate(durations):
-        n_phonemes = int(text_lens[i] - ptr[i])
-        if len(d) != n_phonemes or min(d, default=0) < 1:
-            raise GenerationError(
-                f"ar_generate: item {i} needs {n_phonemes} durations >= 1 (one per phoneme from "
-                f"pointer_start), got {list(d)}"
-            )
-        if sum(d) > int(max_new[i]):
-            raise GenerationError(
-                f"ar_generate: item {i}'s durations sum to {sum(d)} > max_new {int(max_new[i])}"
-            )
-        forced[i, torch.tensor(d).cumsum(0) - 1] = True
-    return forced
-
-
 # ----------------------------------------------------------------------------------------------
 # NAR stages
 
@@ -363,7 +303,7 @@ def nar_generate(
             f"nar_generate: prompt_codes {tuple(prompt_codes.shape)} and {len(codes1)} codebook-1 sequences; "
             f"need [B, Tp, {cfg.n_codebooks}] and B sequences"
         )
-    _check_batch_codes(prompt_codes, prompt_lens, cfg.codebook_size, "nar_generate: prompt_codes")
+    check_batch_codes(prompt_codes, prompt_lens, cfg.codebook_size, "nar_generate: prompt_codes")
     for i, c in enumerate(codes1):
         if c.dim() != 1 or len(c) == 0 or int(c.min()) < 0 or int(c.max()) >= cfg.codebook_size:
             raise GenerationError(
@@ -447,8 +387,8 @@ def generate(
     min_prompt = round(frame_rate)  # 1 s of prompt
     max_new = []
     for i in range(B):
-        _check_text(text_ids[i], cfg.n_phonemes, i)
-        _check_prompt(prompt_codes[i], cfg.n_codebooks, cfg.codebook_size, min_prompt, i)
+        check_text(text_ids[i], cfg.n_phonemes, i)
+        check_prompt(prompt_codes[i], cfg.n_codebooks, cfg.codebook_size, min_prompt, i)
         n_prompt = prompt_phoneme_counts[i]
         if not 1 <= n_prompt < len(text_ids[i]):
             raise GenerationError(
@@ -458,8 +398,8 @@ def generate(
         tp = prompt_codes[i].shape[0]
         max_new.append(max_new_frames(tp, n_prompt, len(text_ids[i]) - n_prompt, options, frame_rate))
 
-    text, text_lens = _pad([torch.as_tensor(t, dtype=torch.long) for t in text_ids])
-    prompts, prompt_lens = _pad([torch.as_tensor(p, dtype=torch.long) for p in prompt_codes])
+    text, text_lens = pad([torch.as_tensor(t, dtype=torch.long) for t in text_ids])
+    prompts, prompt_lens = pad([torch.as_tensor(p, dtype=torch.long) for p in prompt_codes])
     generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
     ar_out = ar_generate(
         model.ar,
@@ -516,54 +456,3 @@ def _inference(module: nn.Module, device: torch.device, bf16: bool) -> Iterator[
             yield
     finally:
         module.train(was_training)
-
-
-def _pad(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad with zeros along dim 0: -> ([B, Lmax, ...], lengths [B])."""
-    lens = torch.tensor([s.shape[0] for s in seqs])
-    out = seqs[0].new_zeros((len(seqs), int(lens.max()), *seqs[0].shape[1:]))
-    for i, s in enumerate(seqs):
-        out[i, : s.shape[0]] = s
-    return out, lens
-
-
-def _check_text(ids: Sequence[int], n_phonemes: int, i: int) -> None:
-    if len(ids) == 0:
-        raise GenerationError(f"item {i}: text_ids is empty")
-    t = torch.as_tensor(ids)
-    if t.dim() != 1 or t.is_floating_point():
-        raise GenerationError(f"item {i}: text_ids must be a flat sequence of integer ids")
-    bad = ((t < 1) | (t >= n_phonemes)).nonzero()
-    if len(bad):
-        j = int(bad[0])
-        raise GenerationError(
-            f"item {i}: text_ids[{j}] = {int(t[j])} is outside 1..{n_phonemes - 1} (0 is padding)"
-        )
-
-
-def _check_prompt(codes: torch.Tensor, n_codebooks: int, codebook_size: int, min_frames: int, i: int) -> None:
-    if not isinstance(codes, torch.Tensor) or codes.dim() != 2 or codes.shape[1] != n_codebooks:
-        shape = tuple(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__
-        raise GenerationError(f"item {i}: prompt_codes must be a tensor [Tp, {n_codebooks}], got {shape}")
-    if codes.is_floating_point():
-        raise GenerationError(f"item {i}: prompt_codes must be integer codes, got {codes.dtype}")
-    if codes.shape[0] < min_frames:
-        raise GenerationError(
-            f"item {i}: prompt has {codes.shape[0]} frames; at least {min_frames} (1 s) are needed"
-        )
-    lo, hi = int(codes.min()), int(codes.max())
-    if lo < 0 or hi >= codebook_size:
-        raise GenerationError(
-            f"item {i}: prompt_codes hold values in {lo}..{hi}, outside the codebook 0..{codebook_size - 1}"
-        )
-
-
-def _check_batch_codes(codes: torch.Tensor, lens: torch.Tensor, codebook_size: int, what: str) -> None:
-    """Codes at the valid (unpadded) positions of a padded batch must lie in 0..codebook_size-1."""
-    valid = lengths_to_mask(lens.to(codes.device), codes.shape[1])
-    values = codes[valid]
-    if values.numel() and (int(values.min()) < 0 or int(values.max()) >= codebook_size):
-        raise GenerationError(
-            f"{what} holds values in {int(values.min())}..{int(values.max())}, "
-            f"outside the codebook 0..{codebook_size - 1}"
-        )
