@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import pickle
 import struct
+from pathlib import Path
 
 import pytest
 import torch
@@ -136,3 +137,18 @@ def test_export_halves_the_file_and_loads_back_close(saved, tmp_path_factory):
     assert ckpt.extra["exported_from_sha256"] == load_checkpoint(path).weights_sha256
     for (k, a), (_, b) in zip(model.state_dict().items(), ckpt.model.state_dict().items(), strict=True):
         torch.testing.assert_close(b, a, atol=1e-3, rtol=1e-3, msg=k)
+
+
+def test_committed_one_voice_ar_is_one_a_new_run_can_start_from():
+    """checkpoints/one_voice_ar exists to be trained on (`--init-from`): its weights pass their
+    sha256, and its codec, phoneme table and shapes are what a `tiny --ar-pointer` run here builds."""
+    ckpt = load_checkpoint(Path(__file__).resolve().parents[1] / "checkpoints" / "one_voice_ar")
+    assert ckpt.config.ar_pointer
+    assert load_codec_for(ckpt.codec).card == ckpt.codec  # the installed vqvae_24khz, same weights
+    symbols = SymbolTable.default()
+    assert ckpt.symbols == symbols
+    fresh = make_config("tiny", len(symbols), ar_pointer=True)
+    assert ckpt.config == fresh
+    # the last stage of its README: 1,000 self-fed AR-only steps
+    assert ckpt.step == 1000
+    assert ckpt.extra["train_config"]["ar_self_feed"] == 0.9 and ckpt.extra["train_config"]["parts"] == "ar"
