@@ -37,6 +37,8 @@ same frames, so the AR's figures can be read against "knows the phoneme, nothing
     python benchmarks/codebook1_tolerance.py --checkpoint runs/ft_plain_400 --name codebook1_tolerance_plain
     python benchmarks/codebook1_tolerance.py --checkpoint runs/ft_sf09/last \
         --name codebook1_tolerance_self_feed_09
+    python benchmarks/codebook1_tolerance.py --checkpoint runs/ft_sf09b/last \
+        --name codebook1_tolerance_self_feed_09_1800
 
 (the fine-tuning runs and their commands: README, "Self-feeding, measured against plain training";
 ``runs/ft_*_400`` are copies of those runs' ``last`` at step 400).

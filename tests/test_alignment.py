@@ -153,7 +153,7 @@ def test_pointer_generation_on_given_durations_follows_them_not_the_advance_head
             text[i : i + 1, : text_lens[i]], text_lens[i : i + 1], r.codes1[None], n,
             torch.tensor([durations[i]]), torch.tensor([0]),
         )  # fmt: skip
-        assert torch.equal(logits[0, : len(r.codes1), :16].argmax(-1), r.codes1)
+        assert torch.equal(logits[0, : len(r.codes1), : model.cfg.codebook_size].argmax(-1), r.codes1)
     with pytest.raises(ValueError, match="durations"):
         ar_generate(
             model.ar, text, text_lens, no_prompt, torch.tensor([0, 0]), torch.tensor([20, 20]), greedy,
