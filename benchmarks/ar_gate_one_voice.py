@@ -25,6 +25,7 @@ that generation uses (not in the paper either).
         --corpus data/corpus_phones/manifest.jsonl \
         --out runs/ar_gate_one_voice_pointer_cs --name ar_gate_one_voice_pointer_cs
     python benchmarks/ar_gate_one_voice.py --skip-train ...    # score an existing run again
+    python benchmarks/ar_gate_one_voice.py --skip-train --heldout-sentences 55 ...    # all 55 held-out
     python benchmarks/ar_gate_one_voice.py --resume --steps 1500 ...    # train an existing run further
 """
 
@@ -36,6 +37,7 @@ import shutil
 import time
 from pathlib import Path
 
+from generator_diagnostics import build_heldout_piper
 from results_io import write_result
 
 from evaluation import diagnose as dg
@@ -52,6 +54,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", type=Path, default=REPO / "data" / "corpus" / "manifest.jsonl")
     ap.add_argument("--heldout", type=Path, default=REPO / "data" / "heldout_piper" / "manifest.jsonl")
+    ap.add_argument(
+        "--heldout-sentences",
+        type=int,
+        default=None,
+        help="instead of --heldout, have the voice read N held-out sentences (synthesised once into "
+        "data/heldout_piper_<voice>_<N>)",
+    )
     ap.add_argument("--voice", default="piper-joe-vtl0.92")
     ap.add_argument("--codec", default="vqvae_24khz")
     ap.add_argument("--steps", type=int, default=700)
@@ -69,6 +78,9 @@ def main() -> None:
     )
     ap.add_argument("--name", default="ar_gate_one_voice", help="results file name")
     args = ap.parse_args()
+    if args.heldout_sentences:
+        out = REPO / "data" / f"heldout_piper_{args.voice}_{args.heldout_sentences}"
+        args.heldout = build_heldout_piper(out, voices=[args.voice], per_voice=args.heldout_sentences)
 
     # manifests of one voice, beside the originals so their relative audio paths still resolve
     subsets = {}

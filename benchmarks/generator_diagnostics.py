@@ -42,8 +42,14 @@ PER_VOICE = 5
 CODECS = ("melvq_24khz", "contentvq_24khz", "vqvae_24khz")
 
 
-def build_heldout_piper(out: Path, seed: int = 1) -> Path:
-    """Each Piper corpus voice reads ``PER_VOICE`` held-out sentences (6-14 words)."""
+def build_heldout_piper(
+    out: Path, seed: int = 1, voices: list[str] | None = None, per_voice: int = PER_VOICE
+) -> Path:
+    """Each Piper corpus voice (or each of ``voices``) reads ``per_voice`` held-out sentences (6-14 words).
+
+    Voice k reads sentences ``k * per_voice ...`` of the held-out list, so the default set spreads the
+    voices over different sentences; the list has 55 such sentences.
+    """
     import soundfile as sf
 
     from valle.corpus.build import CorpusConfig, Synthesizers, condition
@@ -55,14 +61,17 @@ def build_heldout_piper(out: Path, seed: int = 1) -> Path:
         return manifest
     (out / "audio").mkdir(parents=True, exist_ok=True)
     cfg = CorpusConfig(seed=0)
-    voices = [s for s in speaker_catalogue() if not isinstance(s, EspeakSpeaker)]
+    catalogue = [s for s in speaker_catalogue() if not isinstance(s, EspeakSpeaker)]
+    voices = catalogue if voices is None else [s for s in catalogue if s.id in voices]
+    if not voices:
+        raise SystemExit("no Piper corpus voice to read the held-out sentences")
     sentences = [s for s in heldout_sentences() if 6 <= len(s.text.split()) <= 14]
     synth = Synthesizers(seed=seed, sample_rate=cfg.sample_rate)
     rows = []
     try:
         for k, voice in enumerate(voices):
-            for j in range(PER_VOICE):
-                sent = sentences[(k * PER_VOICE + j) % len(sentences)]
+            for j in range(min(per_voice, len(sentences))):
+                sent = sentences[(k * per_voice + j) % len(sentences)]
                 wav, sr = synth(voice, sent.text)
                 wav = condition(wav, sr, cfg, name=sent.id)
                 uid = f"{voice.id}_{sent.id}"

@@ -418,11 +418,13 @@ def conditional_entropy(
 # --- small facts about a checkpoint -----------------------------------------------------------------
 
 
-def embedding_rms(model: VALLE) -> dict[str, float]:
+def embedding_rms(model: VALLE, parts: Sequence[str] = ("ar", "nar")) -> dict[str, float]:
     """RMS of the text embeddings against the sinusoidal positions they are added to (alpha * PE;
-    PE has RMS 1/sqrt(2)). A ratio far below 1 means phoneme identity is drowned by position."""
+    PE has RMS 1/sqrt(2)), for each of ``parts``. A ratio far below 1 means phoneme identity is
+    drowned by position."""
     out = {}
-    for name, part in (("ar", model.ar), ("nar", model.nar)):
+    for name in parts:
+        part = getattr(model, name)
         text = float(part.text_emb.weight.detach()[1:].pow(2).mean().sqrt())
         pos = abs(float(part.text_pos.alpha.detach())) / math.sqrt(2)
         out[f"{name}_text_rms"] = round(text, 4)

@@ -105,6 +105,8 @@ def test_pickled_optimizer_state_is_refused_without_suggesting_unpickling(saved)
         (lambda m: m.update(format="pickle"), "expected 'valle-checkpoint'"),
         (lambda m: m.pop("codec"), "missing field 'codec'"),
         (lambda m: m["model"].update(n_phonemes=5), "symbol table has"),
+        (lambda m: m.update(parts=["ar", "vocoder"]), "parts must be one or both"),
+        (lambda m: m.update(parts=["ar"]), r"unexpected \['nar\."),  # says AR only, holds the NAR too
     ],
 )
 def test_inconsistent_configs_are_refused(saved, edit, match):
@@ -137,6 +139,31 @@ def test_export_halves_the_file_and_loads_back_close(saved, tmp_path_factory):
     assert ckpt.extra["exported_from_sha256"] == load_checkpoint(path).weights_sha256
     for (k, a), (_, b) in zip(model.state_dict().items(), ckpt.model.state_dict().items(), strict=True):
         torch.testing.assert_close(b, a, atol=1e-3, rtol=1e-3, msg=k)
+
+
+def test_ar_only_export_is_trained_on_but_never_generates(saved, tmp_path_factory):
+    from types import SimpleNamespace
+
+    from valle.checkpoint import export_checkpoint
+    from valle.synthesize import Generator
+    from valle.train_checkpoint import init_from
+    from watermark import load_watermarker
+
+    path, model = saved
+    out = export_checkpoint(path, tmp_path_factory.mktemp("ar_only"), parts=("ar",))
+    ckpt = load_checkpoint(out)
+    assert ckpt.parts == ("ar",) and json.loads((out / "config.json").read_text())["parts"] == ["ar"]
+    for k, v in model.ar.state_dict().items():
+        torch.testing.assert_close(ckpt.model.ar.state_dict()[k], v, atol=1e-3, rtol=1e-3, msg=k)
+    with pytest.raises(CheckpointError, match=r"holds the AR weights only.*needs the NAR"):
+        Generator(ckpt, load_watermarker("perth"))
+    # a new run starting from it takes its AR and keeps its own freshly initialised NAR
+    torch.manual_seed(1)
+    fresh = VALLE(model.cfg)
+    own_nar = {k: v.clone() for k, v in fresh.nar.state_dict().items()}
+    init_from(out, fresh, SimpleNamespace(codec_card=ckpt.codec, symbols=ckpt.symbols))
+    assert all(torch.equal(v, ckpt.model.ar.state_dict()[k]) for k, v in fresh.ar.state_dict().items())
+    assert all(torch.equal(v, own_nar[k]) for k, v in fresh.nar.state_dict().items())
 
 
 def test_committed_one_voice_ar_is_one_a_new_run_can_start_from():

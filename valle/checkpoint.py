@@ -5,6 +5,10 @@ the model config, the phoneme symbol table, the codec card (so codes are never d
 wrong codec), the training step, and the sha256 of the weights file, which is verified on load.
 Optimizer state for resuming lives beside it in ``optimizer.pt`` (tensors and numbers only, read
 with ``weights_only=True``).
+
+A checkpoint may hold one half of the model only (``parts``, e.g. an AR exported to be trained on
+while the NAR is trained elsewhere): the absent half is left at its random initialisation on load,
+and whatever needs it (generation, NAR diagnostics) refuses the checkpoint via :func:`require_parts`.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 OPTIMIZER = "optimizer.pt"
+PARTS = ("ar", "nar")  # the model's two halves, the top-level names of its parameters
 
 
 class CheckpointError(ValueError):
@@ -43,6 +48,24 @@ class Checkpoint:
     weights_sha256: str
     path: Path
     extra: dict = field(default_factory=dict)
+    parts: tuple[str, ...] = PARTS  # the halves whose weights the file holds
+
+
+def require_parts(ckpt: Checkpoint, *parts: str, what: str) -> None:
+    """Refuse ``ckpt`` for ``what`` unless it holds trained weights for every one of ``parts``."""
+    absent = [p for p in parts if p not in ckpt.parts]
+    if absent:
+        raise CheckpointError(
+            f"{ckpt.path}: holds the {'/'.join(ckpt.parts).upper()} weights only (exported with --parts); "
+            f"{what} needs the {'/'.join(absent).upper()} too"
+        )
+
+
+def _check_parts(parts, where: str) -> tuple[str, ...]:
+    parts = tuple(parts)
+    if not parts or len(set(parts)) != len(parts) or not set(parts) <= set(PARTS):
+        raise CheckpointError(f"{where}: parts must be one or both of {PARTS}, got {list(parts)}")
+    return tuple(p for p in PARTS if p in parts)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -60,13 +83,16 @@ def save_checkpoint(
     optimizer_state: dict | None = None,
     extra: dict | None = None,
     dtype: torch.dtype | None = None,
+    parts: tuple[str, ...] = PARTS,
 ) -> Path:
     """Write weights, then config (which names the weights' sha256), each atomically.
 
     ``dtype`` (e.g. ``torch.float16``) stores floating-point tensors at lower precision for
-    distribution; loading casts them back to the model's float32 parameters.
+    distribution; loading casts them back to the model's float32 parameters. ``parts`` keeps only
+    those halves of the model (``("ar",)``: the AR alone).
     """
     directory = Path(directory)
+    parts = _check_parts(parts, str(directory))
     directory.mkdir(parents=True, exist_ok=True)
     weights = directory / WEIGHTS
     tmp = directory / f".{WEIGHTS}.partial"
@@ -75,7 +101,7 @@ def save_checkpoint(
     state = {
         k: v.detach().cpu().to(dtype if dtype is not None and v.is_floating_point() else v.dtype).contiguous()
         for k, v in model.state_dict().items()
-        if not _is_tied_head(k, model.cfg)
+        if not _is_tied_head(k, model.cfg) and k.split(".")[0] in parts
     }
     save_file(state, str(tmp), metadata={"format": FORMAT, "version": str(FORMAT_VERSION)})
     os.replace(tmp, weights)
@@ -86,6 +112,7 @@ def save_checkpoint(
         "symbols": symbols.to_json(),
         "codec": codec.to_json(),
         "step": int(step),
+        "parts": list(parts),
         "weights_sha256": sha256_file(weights),
         "extra": extra or {},
     }
@@ -148,6 +175,8 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
         cfg = VALLEConfig(**{"tie_nar_heads": True, **meta["model"]})
         symbols = SymbolTable.from_json(meta["symbols"])
         codec = CodecCard.from_json(meta["codec"])
+        # no "parts": written before checkpoints could hold one half
+        parts = _check_parts(meta.get("parts", PARTS), str(directory / CONFIG))
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{directory / CONFIG}: inconsistent config ({err})") from err
     if len(symbols) != cfg.n_phonemes:
@@ -162,7 +191,8 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
     except (SafetensorError, OSError, ValueError) as err:  # a pickle renamed, an absurd header, ...
         raise CheckpointError(f"{weights}: not a readable safetensors file ({err})") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not _is_tied_head(k, cfg)]
+    missing = [k for k in missing if not _is_tied_head(k, cfg) and k.split(".")[0] in parts]
+    unexpected += [k for k in state if k.split(".")[0] not in parts]
     if missing or unexpected:
         raise CheckpointError(f"{weights}: missing tensors {missing[:5]}, unexpected {unexpected[:5]}")
     return Checkpoint(
@@ -174,6 +204,7 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
         weights_sha256=actual,
         path=directory,
         extra=meta.get("extra", {}),
+        parts=parts,
     )
 
 
@@ -194,14 +225,23 @@ def load_optimizer_state(directory: str | Path) -> dict | None:
 
 
 def export_checkpoint(
-    src: str | Path, dst: str | Path, dtype: torch.dtype = torch.float16, nar_min_confidence: float = 0.0
+    src: str | Path,
+    dst: str | Path,
+    dtype: torch.dtype = torch.float16,
+    nar_min_confidence: float = 0.0,
+    parts: tuple[str, ...] = PARTS,
 ) -> Path:
     """Copy a training checkpoint for distribution: weights only (no optimizer), at ``dtype``.
 
     ``nar_min_confidence`` > 0 records a generation setting that is not in the paper (the NAR's
-    confidence gate, ``valle.generate.nar_generate``) as this checkpoint's default."""
+    confidence gate, ``valle.generate.nar_generate``) as this checkpoint's default. ``parts`` keeps
+    only those halves (an AR trained with ``--parts ar`` is exported without its untrained NAR)."""
     ckpt = load_checkpoint(src)
+    parts = _check_parts(parts, str(dst))
+    require_parts(ckpt, *parts, what=f"exporting {'/'.join(parts).upper()}")
     extra = {**ckpt.extra, "exported_from_sha256": ckpt.weights_sha256, "export_dtype": str(dtype)}
     if nar_min_confidence > 0:
         extra["nar"] = {"min_confidence": nar_min_confidence}
-    return save_checkpoint(dst, ckpt.model, ckpt.symbols, ckpt.codec, ckpt.step, extra=extra, dtype=dtype)
+    return save_checkpoint(
+        dst, ckpt.model, ckpt.symbols, ckpt.codec, ckpt.step, extra=extra, dtype=dtype, parts=parts
+    )

@@ -17,7 +17,7 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from valle.audio import SILENCE_PEAK, AudioError, load_audio, save_audio
-from valle.checkpoint import Checkpoint, load_checkpoint
+from valle.checkpoint import Checkpoint, load_checkpoint, require_parts
 from valle.codec import load_codec_for
 from valle.generate import (
     GenerationOptions,
@@ -103,6 +103,7 @@ class Generator:
                 "a secret watermark key: give a key file (or set VALLE_WATERMARK_KEY)"
             )
         self.ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, device)
+        require_parts(self.ckpt, "ar", "nar", what="generating speech")
         self.model = self.ckpt.model.to(device).eval()
         self.codec = load_codec_for(self.ckpt.codec, weights=codec_weights, device=device)
         self.phonemizer = Phonemizer()

@@ -109,7 +109,9 @@ def init_from(path: Path, model: VALLE, dataset: TokenDataset) -> None:
         raise CheckpointError(
             f"{path}: cannot initialise from it, model shapes differ (checkpoint vs now: {diff})"
         )
-    state, own = ckpt.model.state_dict(), model.state_dict()
+    # only the halves the file holds: an AR-only checkpoint leaves this run's NAR as initialised
+    state = {k: v for k, v in ckpt.model.state_dict().items() if k.split(".")[0] in ckpt.parts}
+    own = model.state_dict()
     extra = sorted(state.keys() - own.keys())
     if extra:
         raise CheckpointError(f"{path}: has parameters this model lacks: {', '.join(extra[:5])}")

@@ -164,14 +164,25 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
         default=0.0,
         help="record the NAR confidence gate (not in the paper) as the checkpoint's generation default",
     )
+    p.add_argument(
+        "--parts",
+        nargs="+",
+        choices=("ar", "nar"),
+        default=["ar", "nar"],
+        help="keep only these halves of the model (`--parts ar`: an AR trained alone, to train on "
+        "further; such a checkpoint cannot generate)",
+    )
     p.set_defaults(func=_run_export)
 
 
 def _run_export(args) -> int:
-    out = export_checkpoint(args.src, args.dst, getattr(torch, args.dtype), args.nar_min_confidence)
+    out = export_checkpoint(
+        args.src, args.dst, getattr(torch, args.dtype), args.nar_min_confidence, tuple(args.parts)
+    )
     meta = read_config(out)
     size = (out / WEIGHTS).stat().st_size / 2**20
-    print(f"{out}: step {meta['step']}, {size:.1f} MB, sha256 {meta['weights_sha256']}")
+    parts = "+".join(meta["parts"])
+    print(f"{out}: step {meta['step']}, {parts}, {size:.1f} MB, sha256 {meta['weights_sha256']}")
     return 0
 
 

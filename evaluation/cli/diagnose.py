@@ -68,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         codec = load_codec(args.codec or DEFAULT_CODEC, weights=args.codec_weights)
     asr = None if args.no_asr else dg.FasterWhisperASR()
+    # an AR-only checkpoint (exported with --parts ar) has no trained NAR to measure or fill with
+    nar_ckpt = ckpt if ckpt is not None and "nar" in ckpt.parts else None
     window = SamplingOptions().ras_window
     threshold = float(((ckpt.extra.get("ras") or {}) if ckpt else {}).get("threshold", PAPER_RAS_THRESHOLD))
     report: dict = {
@@ -78,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         "sets": {},
     }
     if ckpt is not None:
-        report["embedding_rms"] = dg.embedding_rms(ckpt.model)
+        report["embedding_rms"] = dg.embedding_rms(ckpt.model, ckpt.parts)
     heldout_codes = []
     names = [set_name(m) for m in args.manifest]
     for i, manifest in enumerate(args.manifest):
@@ -98,9 +100,10 @@ def run(args: argparse.Namespace) -> int:
         }
         if asr is not None:
             say(f"{name}: codec oracle on {len(examples)} utterances")
-            figures["oracle_wer"] = dg.codec_oracle(codec, examples, asr, ckpt)
+            figures["oracle_wer"] = dg.codec_oracle(codec, examples, asr, nar_ckpt)
         if ckpt is not None:
             figures["ar"] = dg.ar_text_dependence(ckpt.model, examples)
+        if nar_ckpt is not None:
             figures["nar"] = dg.nar_stage_stats(ckpt.model, examples)
         report["sets"][name] = figures
     if args.train_manifest is not None:
