@@ -26,6 +26,7 @@ that generation uses (not in the paper either).
         --out runs/ar_gate_one_voice_pointer_cs --name ar_gate_one_voice_pointer_cs
     python benchmarks/ar_gate_one_voice.py --skip-train ...    # score an existing run again
     python benchmarks/ar_gate_one_voice.py --skip-train --heldout-sentences 55 ...    # all 55 held-out
+    python benchmarks/ar_gate_one_voice.py --skip-train --greedy ...    # listen to argmax codebook 1
     python benchmarks/ar_gate_one_voice.py --resume --steps 1500 ...    # train an existing run further
 """
 
@@ -37,6 +38,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 from generator_diagnostics import build_heldout_piper
 from results_io import write_result
 
@@ -44,7 +46,9 @@ from evaluation import diagnose as dg
 from evaluation.cli.main import main as valle
 from valle.checkpoint import load_checkpoint, read_config
 from valle.codec import load_codec_for
+from valle.generate import GenerationOptions
 from valle.manifest import read_manifest
+from valle.sampling import SamplingOptions
 from valle.train_checkpoint import resume_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,6 +79,14 @@ def main() -> None:
         "--resume",
         action="store_true",
         help="continue the run in --out to --steps (its cosine schedule stretches to the new --steps)",
+    )
+    ap.add_argument("--greedy", action="store_true", help="listen to argmax codebook 1 instead of sampling")
+    ap.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="sampled listening repeated with this many seeds (item i of seed s uses 1000 s + i); "
+        "the figures of seed 0 keep their names, the mean WER is added",
     )
     ap.add_argument("--name", default="ar_gate_one_voice", help="results file name")
     args = ap.parse_args()
@@ -150,9 +162,20 @@ def main() -> None:
         "train": (sanity, [train_ex[(i + 1) % len(train_ex)] for i in range(len(sanity))]),
         "heldout": (heldout_ex, [train_ex[i % len(train_ex)] for i in range(len(heldout_ex))]),
     }
+    seeds = 1 if args.greedy else args.seeds
+    figures["decode"] = "greedy" if args.greedy else f"sampled, {seeds} seed(s)"
     for name, (targets, prompts) in listen.items():
-        for k, v in dg.ar_generation(ckpt, codec, targets, prompts, asr).items():
-            figures[f"{name}_generated_{k}"] = v
+        wers = []
+        for s in range(seeds):
+            options = GenerationOptions(sampling=SamplingOptions(greedy=args.greedy), seed=1000 * s)
+            result = dg.ar_generation(ckpt, codec, targets, prompts, asr, options)
+            wers.append(result["wer"])
+            if s == 0:
+                figures.update({f"{name}_generated_{k}": v for k, v in result.items()})
+            else:
+                figures[f"{name}_generated_wer_seed{1000 * s}"] = result["wer"]
+        if seeds > 1:
+            figures[f"{name}_generated_wer_mean"] = round(float(np.mean(wers)), 2)
     # gate (ii): the AR reads the text of its 20-50 sentences (gap > 0.5 nats) and says new ones at the
     # right length (every held-out output within +-20% of the truth)
     figures["gate_text_gap_nats_min"] = 0.5
@@ -163,8 +186,9 @@ def main() -> None:
         args.name,
         figures,
         data=f"every utterance of {args.voice} in {args.corpus} (training) and in {args.heldout} (held-out "
-        "sentences); AR only, preset tiny; teacher-forced cross-entropy; sampled codebook 1 (seed 0 + i, "
-        "default sampling) decoded with codebooks 2..8 neutral, Whisper tiny.en",
+        "sentences); AR only, preset tiny; teacher-forced cross-entropy; codebook 1 "
+        + ("greedy" if args.greedy else "sampled (seed 1000 s + i, default sampling)")
+        + " decoded with codebooks 2..8 neutral, Whisper tiny.en",
     )
     print(json.dumps(figures, indent=2))
     print(f"wrote {path}")

@@ -1,4 +1,4 @@
-"""Voice-authentication bypass by the demo checkpoint's clones, with the offline ASV (Resemblyzer).
+"""Voice-authentication bypass by the demo checkpoint's clones, with the offline ASV (CAM++ by default).
 
 Real: the 50 clips of ``../shared/data/real_speech`` (speakers with >= 4 clips can be targets: 3 for
 enrolment, the rest as target trials; every speaker's clips are non-target trials). Spoofs: the
@@ -6,7 +6,8 @@ demo-checkpoint clones cached by ``benchmarks/detection_eval.py`` (``runs/bench_
 each prompted by a real clip of its target speaker. Thresholds are calibrated on the real trials
 only (EER point and FAR = 1%); no detector gates here (see ``valle asv --detector``).
 
-    python benchmarks/asv.py [--real ../shared/data/real_speech/manifest.jsonl] [--clones DIR]
+    python benchmarks/asv.py [--real ../shared/data/real_speech/manifest.jsonl] [--clones DIR] \
+        [--encoder NAME]
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ def main() -> None:
         "--real", type=Path, default=ROOT.parent / "shared" / "data" / "real_speech" / "manifest.jsonl"
     )
     ap.add_argument("--clones", type=Path, default=ROOT / "runs" / "bench_detection" / "valle")
+    ap.add_argument(
+        "--encoder", default=AsvConfig.encoder, help="speaker backend: campplus | resemblyzer | ecapa"
+    )
     args = ap.parse_args()
     if not args.real.is_file() or not (args.clones / "clips.jsonl").is_file():
         raise SystemExit(
@@ -40,7 +44,8 @@ def main() -> None:
         json.loads(line) for line in (args.clones / "clips.jsonl").read_text().splitlines() if line.strip()
     ]
     spoofs = [{"id": c["id"], "speaker": c["speaker"], "audio": c["path"]} for c in clips]
-    report, _ = run_asv(real, spoofs, AsvConfig())
+    config = AsvConfig(encoder=args.encoder)
+    report, _ = run_asv(real, spoofs, config)
     flat = {k: v for k, v in report.items() if isinstance(v, (int, float, str)) or v is None}
     for op, entry in report["operating_points"].items():
         flat.update({f"at_{op}_{k}": v for k, v in entry.items() if not isinstance(v, dict)})
@@ -49,7 +54,7 @@ def main() -> None:
         "asv",
         flat,
         data=f"{args.real} ({len(real)} real clips) vs {len(spoofs)} demo-checkpoint clones ({args.clones}); "
-        "Resemblyzer, 3 enrolment clips per target",
+        f"{config.encoder}, {config.enrol_per_speaker} enrolment clips per target",
     )
     print(json.dumps(flat, indent=2))
     print(f"wrote {path}")
