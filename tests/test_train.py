@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from tests.test_data import make_corpus
 from valle.batching import collate
-from valle.checkpoint import load_checkpoint
+from valle.checkpoint import CheckpointError, load_checkpoint, require_parts
 from valle.codec import CodecError, load_codec
 from valle.codec.melvq import MelVQCodec
 from valle.data import TokenDataset, prepare_tokens
@@ -191,21 +191,36 @@ def test_torchrun_two_ranks_train_and_average_gradients_like_one_process(cache, 
 
 
 def test_training_one_part_leaves_the_other_untouched_and_ras_is_calibrated(cache, tmp_path):
-    cfg = replace(CFG, max_steps=3, parts="nar")
+    both = replace(CFG, max_steps=2)
+    train(both, cache, tmp_path / "both", progress=False)
+    start = load_checkpoint(tmp_path / "both" / "last")
+    cfg = replace(CFG, max_steps=3, parts="nar", init_from=str(tmp_path / "both" / "last"))
     train(cfg, cache, tmp_path / "run", progress=False)
     log = read_log(tmp_path / "run")
     assert all("nar_loss" in r and "ar_loss" not in r for r in log)
     ckpt = load_checkpoint(tmp_path / "run" / "last")
-    torch.manual_seed(cfg.seed)  # the initial weights train() started from
-    fresh = build_model(cfg, ckpt.symbols, ckpt.codec)
-    for (name, a), b in zip(fresh.ar.state_dict().items(), ckpt.model.ar.state_dict().values(), strict=True):
+    assert ckpt.parts == ("ar", "nar")  # the AR it started from is kept, as loaded
+    for (name, a), b in zip(
+        start.model.ar.state_dict().items(), ckpt.model.ar.state_dict().values(), strict=True
+    ):
         assert torch.equal(a, b), name
-    assert not torch.equal(fresh.nar.text_emb.weight, ckpt.model.nar.text_emb.weight)
+    assert not torch.equal(start.model.nar.text_emb.weight, ckpt.model.nar.text_emb.weight)
     # RAS threshold calibrated on the cache's ground-truth codebook 1 and stored for generation
     ras = ckpt.extra["ras"]
     assert ras["window"] == 10 and 0 < ras["threshold"] < 1 and ras["ground_truth_rate"] <= 0.02
     with pytest.raises(ValueError, match="parts"):
         TrainConfig(parts="encoder")
+
+
+def test_a_half_never_trained_is_not_saved_and_resuming_keeps_it_so(cache, tmp_path):
+    """A NAR-only run from scratch holds no trained AR: its checkpoints say so (``parts``), so
+    generation refuses them instead of running a random AR, before and after a resume."""
+    for steps in (2, 3):  # the second call resumes the first
+        train(replace(CFG, max_steps=steps, parts="nar"), cache, tmp_path / "run", progress=False)
+        ckpt = load_checkpoint(tmp_path / "run" / "last")
+        assert (ckpt.step, ckpt.parts) == (steps, ("nar",))
+    with pytest.raises(CheckpointError, match="NAR weights only"):
+        require_parts(ckpt, "ar", "nar", what="generation")
 
 
 def test_self_feed_swaps_only_target_frames_for_the_models_own_draws():

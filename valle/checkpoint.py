@@ -7,8 +7,10 @@ Optimizer state for resuming lives beside it in ``optimizer.pt`` (tensors and nu
 with ``weights_only=True``).
 
 A checkpoint may hold one half of the model only (``parts``, e.g. an AR exported to be trained on
-while the NAR is trained elsewhere): the absent half is left at its random initialisation on load,
-and whatever needs it (generation, NAR diagnostics) refuses the checkpoint via :func:`require_parts`.
+while the NAR is trained elsewhere, or a ``valle train --parts ar`` run that never loaded a NAR;
+training saves only the halves it trained or loaded): the absent half is left at its random
+initialisation on load, and whatever needs it (generation, NAR diagnostics) refuses the checkpoint
+via :func:`require_parts`.
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ def require_parts(ckpt: Checkpoint, *parts: str, what: str) -> None:
     absent = [p for p in parts if p not in ckpt.parts]
     if absent:
         raise CheckpointError(
-            f"{ckpt.path}: holds the {'/'.join(ckpt.parts).upper()} weights only (exported with --parts); "
+            f"{ckpt.path}: holds the {'/'.join(ckpt.parts).upper()} weights only "
+            "(trained or exported with --parts); "
             f"{what} needs the {'/'.join(absent).upper()} too"
         )
 

@@ -259,14 +259,19 @@ def train(
     ras_window = SamplingOptions().ras_window
     ras_threshold, ras_rate = calibrate_ras_threshold(dataset.codebook1(), ras_window)
     step, epoch, pos, resumed_from = 0, 0, 0, None
+    # the halves whose weights mean something: those trained here and those loaded from a checkpoint.
+    # Only they are saved, so a half never trained is not passed off as one (valle.checkpoint.parts)
+    held = set(cfg.parts.split("+"))
     ckpt_dir = resume_dir(out_dir)
     if ckpt_dir is not None:
-        step, epoch, pos = resume(ckpt_dir, model, optimizer, dataset, info, gens)
+        step, epoch, pos, loaded = resume(ckpt_dir, model, optimizer, dataset, info, gens)
+        held |= set(loaded)
         resumed_from = step
         if info.is_master:
             truncate_log(out_dir / LOG, step)
     elif cfg.init_from is not None:
-        init_from(Path(cfg.init_from), model, dataset)
+        held |= set(init_from(Path(cfg.init_from), model, dataset))
+    parts = tuple(p for p in ("ar", "nar") if p in held)
 
     module = wrap_model(model, info, cfg.parts, cfg.ar_self_feed)
     autocast = cfg.bf16 and bf16_autocast_ok(device)
@@ -354,7 +359,7 @@ def train(
                     # repetition-aware sampling calibrated on this codec's ground-truth codebook 1
                     "ras": {"window": ras_window, "threshold": ras_threshold, "ground_truth_rate": ras_rate},
                 }
-                write_checkpoint(out_dir, model, optimizer, dataset, step, extra, info, gens)
+                write_checkpoint(out_dir, model, optimizer, dataset, step, extra, info, gens, parts)
     finally:
         bar.close()
         if log_file is not None:

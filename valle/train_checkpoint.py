@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from valle.checkpoint import (
+    PARTS,
     Checkpoint,
     CheckpointError,
     load_checkpoint,
@@ -56,13 +57,27 @@ def resume_dir(out_dir: Path) -> Path | None:
 
 
 def save_last(
-    out_dir: Path, model: VALLE, dataset: TokenDataset, step: int, opt_state: dict, extra: dict
+    out_dir: Path,
+    model: VALLE,
+    dataset: TokenDataset,
+    step: int,
+    opt_state: dict,
+    extra: dict,
+    parts: tuple[str, ...] = PARTS,
 ) -> Path:
-    """Write the checkpoint into a temp folder, then swap it in for ``out_dir/last`` by renames."""
+    """Write the checkpoint (the halves in ``parts`` only) into a temp folder, then swap it in for
+    ``out_dir/last`` by renames."""
     tmp, last, old = out_dir / f".{LAST}.tmp", out_dir / LAST, out_dir / f"{LAST}.old"
     shutil.rmtree(tmp, ignore_errors=True)
     save_checkpoint(
-        tmp, model, dataset.symbols, dataset.codec_card, step, optimizer_state=opt_state, extra=extra
+        tmp,
+        model,
+        dataset.symbols,
+        dataset.codec_card,
+        step,
+        optimizer_state=opt_state,
+        extra=extra,
+        parts=parts,
     )
     if last.exists():
         shutil.rmtree(old, ignore_errors=True)
@@ -96,8 +111,9 @@ def check_resumable(ckpt_dir: Path, model_cfg: VALLEConfig, dataset: TokenDatase
     return ckpt, opt
 
 
-def init_from(path: Path, model: VALLE, dataset: TokenDataset) -> None:
-    """Load another checkpoint's weights into a new run's ``model`` (see ``TrainConfig.init_from``)."""
+def init_from(path: Path, model: VALLE, dataset: TokenDataset) -> tuple[str, ...]:
+    """Load another checkpoint's weights into a new run's ``model`` (see ``TrainConfig.init_from``);
+    returns the halves it held."""
     ckpt = _load_for(path, dataset)
     shape = ("d_model", "n_heads", "n_layers", "d_ff", "n_codebooks", "codebook_size", "tie_nar_heads")
     diff = {
@@ -116,6 +132,7 @@ def init_from(path: Path, model: VALLE, dataset: TokenDataset) -> None:
     if extra:
         raise CheckpointError(f"{path}: has parameters this model lacks: {', '.join(extra[:5])}")
     model.load_state_dict(state, strict=False)
+    return ckpt.parts
 
 
 def resume(
@@ -125,15 +142,16 @@ def resume(
     dataset: TokenDataset,
     info: DistInfo,
     gens: dict[str, torch.Generator],
-) -> tuple[int, int, int]:
-    """Load weights, optimizer and this rank's RNG states; returns (step, epoch, batch position)."""
+) -> tuple[int, int, int, tuple[str, ...]]:
+    """Load weights, optimizer and this rank's RNG states; returns (step, epoch, batch position,
+    the halves the checkpoint held)."""
     ckpt, opt_state = check_resumable(ckpt_dir, model.cfg, dataset)
     model.load_state_dict(ckpt.model.state_dict())
     optimizer.load_state_dict(opt_state["optimizer"])
     position = ckpt.extra["data"]
     if position["world_size"] == info.world_size:
         set_rng_state(opt_state["rng"][info.rank], info.device, gens)
-        return ckpt.step, position["epoch"], position["batch"]
+        return ckpt.step, position["epoch"], position["batch"], ckpt.parts
     # batches are sharded per world size, so the old position means nothing with another one
     if info.is_master:
         print(
@@ -141,7 +159,7 @@ def resume(
             f"starting epoch {position['epoch'] + 1} afresh, RNGs not restored",
             file=sys.stderr,
         )
-    return ckpt.step, position["epoch"] + 1, 0
+    return ckpt.step, position["epoch"] + 1, 0, ckpt.parts
 
 
 def write_checkpoint(
@@ -153,15 +171,18 @@ def write_checkpoint(
     extra: dict,
     info: DistInfo,
     gens: dict[str, torch.Generator],
+    parts: tuple[str, ...] = PARTS,
 ) -> None:
-    """Collective: every rank contributes its RNG states, rank 0 writes ``out_dir/last``."""
+    """Collective: every rank contributes its RNG states, rank 0 writes ``out_dir/last`` (the halves
+    in ``parts``)."""
     rngs = [{k: v.cpu() for k, v in rng_state(info.device, gens).items()}]
     if info.distributed:
         gathered: list = [None] * info.world_size
         dist.all_gather_object(gathered, rngs[0])
         rngs = gathered
     if info.is_master:
-        save_last(out_dir, model, dataset, step, {"optimizer": optimizer.state_dict(), "rng": rngs}, extra)
+        opt_state = {"optimizer": optimizer.state_dict(), "rng": rngs}
+        save_last(out_dir, model, dataset, step, opt_state, extra, parts)
     if info.distributed:
         dist.barrier()  # nobody runs ahead (or exits) while rank 0 writes
 

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         codec = load_codec(args.codec or DEFAULT_CODEC, weights=args.codec_weights)
     asr = None if args.no_asr else dg.FasterWhisperASR()
-    # an AR-only checkpoint (exported with --parts ar) has no trained NAR to measure or fill with
+    # an AR-only checkpoint (trained or exported with --parts ar) has no trained NAR to measure or fill with
     nar_ckpt = ckpt if ckpt is not None and "nar" in ckpt.parts else None
     window = SamplingOptions().ras_window
     threshold = float(((ckpt.extra.get("ras") or {}) if ckpt else {}).get("threshold", PAPER_RAS_THRESHOLD))
