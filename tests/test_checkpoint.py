@@ -176,6 +176,6 @@ def test_committed_one_voice_ar_is_one_a_new_run_can_start_from():
     assert ckpt.symbols == symbols
     fresh = make_config("tiny", len(symbols), ar_pointer=True)
     assert ckpt.config == fresh
-    # the last stage of its README: 900 self-fed AR-only steps, exported without the untrained NAR
-    assert ckpt.step == 900 and ckpt.parts == ("ar",)
+    # the last stage of its README: 200 self-fed AR-only steps, exported without the untrained NAR
+    assert ckpt.step == 200 and ckpt.parts == ("ar",)
     assert ckpt.extra["train_config"]["ar_self_feed"] == 0.9 and ckpt.extra["train_config"]["parts"] == "ar"
