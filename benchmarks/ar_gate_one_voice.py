@@ -82,6 +82,9 @@ def main() -> None:
     )
     ap.add_argument("--greedy", action="store_true", help="listen to argmax codebook 1 instead of sampling")
     ap.add_argument(
+        "--temperature", type=float, default=1.0, help="sampling temperature (default sampling: 1)"
+    )
+    ap.add_argument(
         "--seeds",
         type=int,
         default=1,
@@ -163,11 +166,14 @@ def main() -> None:
         "heldout": (heldout_ex, [train_ex[i % len(train_ex)] for i in range(len(heldout_ex))]),
     }
     seeds = 1 if args.greedy else args.seeds
-    figures["decode"] = "greedy" if args.greedy else f"sampled, {seeds} seed(s)"
+    figures["decode"] = (
+        "greedy" if args.greedy else f"sampled at temperature {args.temperature}, {seeds} seed(s)"
+    )
     for name, (targets, prompts) in listen.items():
         wers = []
         for s in range(seeds):
-            options = GenerationOptions(sampling=SamplingOptions(greedy=args.greedy), seed=1000 * s)
+            sampling = SamplingOptions(greedy=args.greedy, temperature=args.temperature)
+            options = GenerationOptions(sampling=sampling, seed=1000 * s)
             result = dg.ar_generation(ckpt, codec, targets, prompts, asr, options)
             wers.append(result["wer"])
             if s == 0:
@@ -187,7 +193,11 @@ def main() -> None:
         figures,
         data=f"every utterance of {args.voice} in {args.corpus} (training) and in {args.heldout} (held-out "
         "sentences); AR only, preset tiny; teacher-forced cross-entropy; codebook 1 "
-        + ("greedy" if args.greedy else "sampled (seed 1000 s + i, default sampling)")
+        + (
+            "greedy"
+            if args.greedy
+            else f"sampled (seed 1000 s + i, top-p 0.8, RAS, temperature {args.temperature})"
+        )
         + " decoded with codebooks 2..8 neutral, Whisper tiny.en",
     )
     print(json.dumps(figures, indent=2))
