@@ -166,13 +166,16 @@ def main() -> None:
         "heldout": (heldout_ex, [train_ex[i % len(train_ex)] for i in range(len(heldout_ex))]),
     }
     seeds = 1 if args.greedy else args.seeds
-    figures["decode"] = (
-        "greedy" if args.greedy else f"sampled at temperature {args.temperature}, {seeds} seed(s)"
+    sampling = SamplingOptions(greedy=args.greedy, temperature=args.temperature)
+    decode = (
+        "greedy"
+        if args.greedy
+        else f"sampled (top-p {sampling.top_p}, RAS, temperature {sampling.temperature}, seed 1000 s + i)"
     )
+    figures["decode"] = decode if args.greedy else f"{decode}, {seeds} seed(s)"
     for name, (targets, prompts) in listen.items():
         wers = []
         for s in range(seeds):
-            sampling = SamplingOptions(greedy=args.greedy, temperature=args.temperature)
             options = GenerationOptions(sampling=sampling, seed=1000 * s)
             result = dg.ar_generation(ckpt, codec, targets, prompts, asr, options)
             wers.append(result["wer"])
@@ -192,13 +195,8 @@ def main() -> None:
         args.name,
         figures,
         data=f"every utterance of {args.voice} in {args.corpus} (training) and in {args.heldout} (held-out "
-        "sentences); AR only, preset tiny; teacher-forced cross-entropy; codebook 1 "
-        + (
-            "greedy"
-            if args.greedy
-            else f"sampled (seed 1000 s + i, top-p 0.8, RAS, temperature {args.temperature})"
-        )
-        + " decoded with codebooks 2..8 neutral, Whisper tiny.en",
+        f"sentences); AR only, preset tiny; teacher-forced cross-entropy; codebook 1 {decode} decoded "
+        "with codebooks 2..8 neutral, Whisper tiny.en",
     )
     print(json.dumps(figures, indent=2))
     print(f"wrote {path}")

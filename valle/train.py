@@ -271,7 +271,6 @@ def train(
             truncate_log(out_dir / LOG, step)
     elif cfg.init_from is not None:
         held |= set(init_from(Path(cfg.init_from), model, dataset))
-    parts = tuple(p for p in ("ar", "nar") if p in held)
 
     module = wrap_model(model, info, cfg.parts, cfg.ar_self_feed)
     autocast = cfg.bf16 and bf16_autocast_ok(device)
@@ -359,7 +358,7 @@ def train(
                     # repetition-aware sampling calibrated on this codec's ground-truth codebook 1
                     "ras": {"window": ras_window, "threshold": ras_threshold, "ground_truth_rate": ras_rate},
                 }
-                write_checkpoint(out_dir, model, optimizer, dataset, step, extra, info, gens, parts)
+                write_checkpoint(out_dir, model, optimizer, dataset, step, extra, info, gens, tuple(held))
     finally:
         bar.close()
         if log_file is not None:
