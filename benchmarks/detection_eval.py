@@ -8,12 +8,13 @@ Data (offline):
   corpus ``data/corpus/manifest.jsonl`` (their own synthetic voices);
 - ``melvq``: every real clip resynthesised through the offline codec ``melvq_24khz`` (mel VQ + Griffin-Lim):
   a vocoder-style spoof of the SAME speakers and sentences;
-- ``valle``: clones from the demo checkpoint (``checkpoints/demo``, watermarked by Perth as every output
-  of the public API is), each prompted by one real clip (<= 10 s, with its transcript; cross-sentence
-  mode) and speaking a held-out ARCTIC sentence, so the clones target the real speakers.
-  Silent generations (a known failure of the tiny model) are dropped and counted.
+- ``valle``: clones from the demo checkpoint (``checkpoints/demo``, carrying the keyed mark as every
+  output of the public API does; a throwaway key), each prompted by one real clip (<= 10 s, with its
+  transcript; cross-sentence mode) and speaking a held-out ARCTIC sentence, so the clones target the
+  real speakers. Silent generations (a known failure of the tiny model) are dropped and counted.
 
-Generated audio is cached under ``runs/bench_detection/`` (reruns reuse it).
+Generated audio is cached under ``runs/bench_detection/`` (reruns reuse it; the clones only if the
+same checkpoint made them).
 
 Protocols (``detection.split.split``, seed 0, test fraction 0.3, speaker-disjoint): ``standard``
 (every generator in train and test) and ``heldout_valle`` (trained on espeak + piper + melvq; tested on
@@ -121,20 +122,31 @@ def melvq_clips(real: list[Clip]) -> list[Clip]:
 
 
 def valle_clips(real: list[Clip], checkpoint: Path, seed: int, batch: int = 8) -> list[Clip]:
-    """One clone per real clip of <= MAX_PROMPT_S (prompt = that clip + its transcript)."""
-    if (cached := _cached("valle")) is not None:
-        return cached
+    """One clone per real clip of <= MAX_PROMPT_S (prompt = that clip + its transcript); the cache is
+    reused only if the same checkpoint made it."""
+    import secrets
+    import shutil
+
     from valle.audio import save_audio
+    from valle.checkpoint import read_config
     from valle.corpus.sentences import heldout_sentences
     from valle.generate import GenerationOptions
     from valle.synthesize import Generator, SynthesisRequest
     from watermark import load_watermarker
+    from watermark.keys import WatermarkKey
+
+    if (cached := _cached("valle")) is not None:
+        made_by = json.loads((CACHE / "valle" / "notes.json").read_text()).get("weights_sha256")
+        if made_by == read_config(checkpoint)["weights_sha256"]:
+            return cached
+        shutil.rmtree(CACHE / "valle")  # another checkpoint's clones
 
     texts = {r["id"]: r["text"] for r in rows_of(REAL / "manifest.jsonl")}
     durations = {r["id"]: r["duration"] for r in rows_of(REAL / "manifest.jsonl")}
     prompts = [c for c in real if durations[c.id] <= MAX_PROMPT_S]
     sentences = [s.text for s in heldout_sentences()]
-    gen = Generator(checkpoint, load_watermarker("perth"))
+    key = WatermarkKey("detection-benchmark", secrets.token_bytes(32))  # this run's only, never stored
+    gen = Generator(checkpoint, load_watermarker("keyed", key=key), key=key)
     (CACHE / "valle").mkdir(parents=True, exist_ok=True)
     out, silent, t0 = [], [], time.perf_counter()
     for start in range(0, len(prompts), batch):

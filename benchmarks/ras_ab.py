@@ -1,9 +1,11 @@
 """A/B of a decoding setting with ``valle audit`` + ``valle compare``: repetition-aware sampling on vs off.
 
-Runs the README's main job twice on the default test set with the demo checkpoint (seeds 0 and 1,
-DNSMOS off to save time), once as is (RAS on, the default) and once with ``--no-ras``, then
-``valle compare`` them; records each run's value and the paired difference (off - on) with its 95%
-interval for the metrics RAS is meant to move.
+Runs the README's main job on the default test set with the demo checkpoint (seeds 0 and 1, DNSMOS
+off to save time) three times: sampled with RAS (the paper's decoding, ``--no-greedy``), sampled
+without it (``--no-greedy --no-ras``) and greedy (``--greedy``, the demo checkpoint's recommended
+decoding; argmax has no RAS), then ``valle compare`` them; records each run's value and the paired
+differences (RAS off - RAS on, greedy - RAS on) with their 95% intervals for the metrics RAS is
+meant to move.
 
 Usage: ``.venv/bin/python benchmarks/ras_ab.py [--out runs/ras_ab]``
 """
@@ -35,23 +37,27 @@ def main() -> int:
     args = ap.parse_args()
     valle = [sys.executable, "-m", "evaluation.cli.main"]
     common = ["audit", "--seeds", "0", "1", "--no-quality", "--quiet", "--extra-real", str(args.extra_real)]
-    on, off = args.out / "ras_on", args.out / "ras_off"
-    for out, extra in ((on, []), (off, ["--no-ras"])):
-        subprocess.run([*valle, *common, *extra, "--out", str(out)], cwd=REPO, check=True)
-    subprocess.run([*valle, "compare", str(on), str(off), "--out", str(args.out)], cwd=REPO, check=True)
+    arms = {"ras_on": ["--no-greedy"], "ras_off": ["--no-greedy", "--no-ras"], "greedy": ["--greedy"]}
+    for arm, extra in arms.items():
+        subprocess.run([*valle, *common, *extra, "--out", str(args.out / arm)], cwd=REPO, check=True)
+    runs = [str(args.out / arm) for arm in arms]
+    subprocess.run([*valle, "compare", *runs, "--out", str(args.out)], cwd=REPO, check=True)
     result = json.loads((args.out / "compare.json").read_text())
     figures: dict = {"n_items": result["n_items"][1], "seeds": 2}
     for name in METRICS:
         m = result["metrics"][name]
-        figures[f"{name}_ras_on"] = m["values"][0]["value"]
-        figures[f"{name}_ras_off"] = m["values"][1]["value"]
-        d = m["diff"][1]
-        figures[f"{name}_diff"] = d["value"]
-        figures.update({f"{name}_diff_low": d["low"], f"{name}_diff_high": d["high"]})
-    config = json.loads((on / "config.json").read_text())
+        for i, arm in enumerate(arms):
+            figures[f"{name}_{arm}"] = m["values"][i]["value"]
+        for i, key in ((1, "diff"), (2, "greedy_diff")):  # each against the first run, RAS on
+            d = m["diff"][i]
+            figures.update(
+                {f"{name}_{key}": d["value"], f"{name}_{key}_low": d["low"], f"{name}_{key}_high": d["high"]}
+            )
+    config = json.loads((args.out / "ras_on" / "config.json").read_text())
     data = (
         f"demo checkpoint, `valle audit` demo test set + --extra-real ({config['n_items']} items: "
-        f"{config['testset_source']}), seeds 0 1, DNSMOS off; diff = RAS off - RAS on, paired over items"
+        f"{config['testset_source']}), seeds 0 1, DNSMOS off; diff = RAS off - RAS on, greedy_diff = "
+        "greedy - RAS on, paired over items"
     )
     print(json.dumps(figures, indent=2))
     print(write_result("ras_ab", figures, data))

@@ -58,3 +58,19 @@ def test_score_with_a_missing_manifest_names_it(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("valle score: error:") and "nope.jsonl" in err and "not found" in err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["audit"],
+        ["synth", "--checkpoint", "c", "--prompt-audio", "p.wav", "--out", "o"],
+        ["score", "--generator", "valle:c", "--manifest", "m.jsonl", "--out", "o"],
+    ],
+    ids=lambda c: c[0],
+)
+def test_greedy_decoding_is_the_checkpoints_choice_unless_asked(command):
+    parse = build_parser().parse_args
+    assert parse(command).greedy is None  # None: what the checkpoint recommends (valle.sampling.calibrated)
+    assert parse([*command, "--greedy"]).greedy is True
+    assert parse([*command, "--no-greedy"]).greedy is False

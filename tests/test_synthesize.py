@@ -16,6 +16,7 @@ from valle.codec import load_codec
 from valle.generate import GenerationOptions
 from valle.model import VALLE, make_config
 from valle.phonemes import SymbolTable
+from valle.sampling import SamplingOptions, calibrated
 from valle.synthesize import Generator
 from watermark import load_watermarker
 from watermark.base import Detection, WatermarkError
@@ -163,3 +164,27 @@ def test_a_payload_backend_needs_a_key_and_embeds_the_keyed_payload(generator, p
     assert rec.verification["detected"] is (
         rec.verification["payload_match"] and rec.verification["score"] >= 0.5
     )
+
+
+def test_a_checkpoint_that_recommends_greedy_decoding_gets_it_unless_told_otherwise(tmp_path, prompt_wav):
+    from valle.checkpoint import export_checkpoint
+
+    torch.manual_seed(0)
+    symbols = SymbolTable.default()
+    src = save_checkpoint(
+        tmp_path / "src", VALLE(make_config("debug", len(symbols))), symbols, load_codec().card, step=0
+    )
+    out = export_checkpoint(src, tmp_path / "greedy", ar_greedy=True)
+    gen = Generator(out, load_watermarker("perth"))
+    assert gen.ckpt.extra["ar"] == {"greedy": True}
+
+    def run(seed: int, sampling: SamplingOptions):
+        options = GenerationOptions(sampling=sampling, max_seconds=1.0, seed=seed)
+        return gen.synthesize(["Hello there."], prompt_wav, "A tone.", options)[0]
+
+    a, b = run(1, SamplingOptions()), run(2, SamplingOptions())
+    assert a.sampling["sampling"]["greedy"] is True and b.sampling["sampling"]["greedy"] is True
+    torch.testing.assert_close(a.codes, b.codes)  # argmax: the seed changes nothing
+    assert run(1, SamplingOptions(greedy=False)).sampling["sampling"]["greedy"] is False  # asked for
+    # a checkpoint that recommends nothing samples, as the paper does
+    assert calibrated(SamplingOptions(), {}).greedy is False

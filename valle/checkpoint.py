@@ -233,18 +233,23 @@ def export_checkpoint(
     dtype: torch.dtype = torch.float16,
     nar_min_confidence: float = 0.0,
     parts: tuple[str, ...] = PARTS,
+    ar_greedy: bool = False,
 ) -> Path:
     """Copy a training checkpoint for distribution: weights only (no optimizer), at ``dtype``.
 
     ``nar_min_confidence`` > 0 records a generation setting that is not in the paper (the NAR's
-    confidence gate, ``valle.generate.nar_generate``) as this checkpoint's default. ``parts`` keeps
-    only those halves (an AR trained with ``--parts ar`` is exported without its untrained NAR)."""
+    confidence gate, ``valle.generate.nar_generate``) as this checkpoint's default, and ``ar_greedy``
+    another (argmax AR decoding instead of the paper's sampling; ``valle.sampling.calibrated``).
+    ``parts`` keeps only those halves (an AR trained with ``--parts ar`` is exported without its
+    untrained NAR)."""
     ckpt = load_checkpoint(src)
     parts = _check_parts(parts, str(dst))
     require_parts(ckpt, *parts, what=f"exporting {'/'.join(parts).upper()}")
     extra = {**ckpt.extra, "exported_from_sha256": ckpt.weights_sha256, "export_dtype": str(dtype)}
     if nar_min_confidence > 0:
         extra["nar"] = {"min_confidence": nar_min_confidence}
+    if ar_greedy:
+        extra["ar"] = {"greedy": True}
     return save_checkpoint(
         dst, ckpt.model, ckpt.symbols, ckpt.codec, ckpt.step, extra=extra, dtype=dtype, parts=parts
     )

@@ -55,7 +55,9 @@ class SamplingOptions:
     # t_r: resample when the share of c_t in the window exceeds this. None: the threshold calibrated
     # for the checkpoint's codec (see the module docstring), else the paper's 0.1
     ras_threshold: float | None = None
-    greedy: bool = False  # argmax; no randomness and no RAS
+    # argmax: no randomness and no RAS. None = what the checkpoint recommends (``extra["ar"]``,
+    # written by ``valle export --ar-greedy``), sampled when it recommends nothing
+    greedy: bool | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.temperature) and self.temperature > 0):
@@ -200,9 +202,12 @@ def calibrate_ras_threshold(
 
 
 def calibrated(sampling: SamplingOptions, checkpoint_extra: dict) -> SamplingOptions:
-    """``sampling`` with the RAS threshold a checkpoint stored for its codec (``extra["ras"]``, written
-    by training) filled in when none was given; the paper's 0.1 when the checkpoint has none or was
-    calibrated for another window."""
+    """``sampling`` with what was not given filled in from the checkpoint: greedy decoding when it
+    recommends it (``extra["ar"]["greedy"]``), and the RAS threshold stored for its codec
+    (``extra["ras"]``, written by training; the paper's 0.1 when the checkpoint has none or was
+    calibrated for another window)."""
+    if sampling.greedy is None:
+        sampling = replace(sampling, greedy=bool((checkpoint_extra.get("ar") or {}).get("greedy", False)))
     if sampling.ras_threshold is not None:
         return sampling
     ras = checkpoint_extra.get("ras") or {}

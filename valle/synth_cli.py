@@ -38,6 +38,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=0.8)
     p.add_argument("--no-ras", action="store_true", help="disable repetition-aware sampling")
+    p.add_argument(
+        "--greedy",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="argmax AR decoding (no randomness, no RAS); default: what the checkpoint recommends",
+    )
     p.add_argument("--max-seconds", type=float, default=20.0)
     add_watermark_args(p)
     p.add_argument("--device", default="cpu")
@@ -91,7 +97,11 @@ def run(args) -> int:
         raise ValueError("cross-sentence mode needs --prompt-text (the prompt's transcript)")
     options = GenerationOptions(
         sampling=SamplingOptions(
-            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, ras=not args.no_ras
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            ras=not args.no_ras,
+            greedy=args.greedy,
         ),
         max_seconds=args.max_seconds,
         seed=args.seed,

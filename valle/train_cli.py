@@ -165,6 +165,11 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
         help="record the NAR confidence gate (not in the paper) as the checkpoint's generation default",
     )
     p.add_argument(
+        "--ar-greedy",
+        action="store_true",
+        help="record argmax AR decoding (not in the paper) as the checkpoint's generation default",
+    )
+    p.add_argument(
         "--parts",
         nargs="+",
         choices=("ar", "nar"),
@@ -177,7 +182,12 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_export(args) -> int:
     out = export_checkpoint(
-        args.src, args.dst, getattr(torch, args.dtype), args.nar_min_confidence, tuple(args.parts)
+        args.src,
+        args.dst,
+        getattr(torch, args.dtype),
+        args.nar_min_confidence,
+        tuple(args.parts),
+        ar_greedy=args.ar_greedy,
     )
     meta = read_config(out)
     size = (out / WEIGHTS).stat().st_size / 2**20

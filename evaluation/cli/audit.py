@@ -63,10 +63,19 @@ def add_parser(sub) -> None:
     p.add_argument("--chunk-size", type=int, default=8)
     p.add_argument("--no-quality", action="store_true", help="skip DNSMOS")
     add_asr_compat_arg(p)
-    s = p.add_argument_group("sampling (valle: generators; defaults: top-p 0.8, temperature 1, RAS on)")
+    s = p.add_argument_group(
+        "sampling (valle: generators; defaults: top-p 0.8, temperature 1, RAS on; "
+        "greedy where the checkpoint recommends it)"
+    )
     s.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold")
     s.add_argument("--temperature", type=float, default=None)
     s.add_argument("--no-ras", action="store_true", help="disable repetition-aware sampling (VALL-E 2)")
+    s.add_argument(
+        "--greedy",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="argmax AR decoding (no randomness, no RAS); default: what the checkpoint recommends",
+    )
     p.add_argument("--watermark-clips", type=int, default=6, help="generated files attacked (default 6)")
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--device", default="cpu")
@@ -95,7 +104,12 @@ def run(args: argparse.Namespace) -> int:
         for k in ("asr_model", "speaker_model", "watermark_generator", "watermark_detector", "codec_weights")
         if getattr(args, k)
     }
-    sampling = {"top_p": args.top_p, "temperature": args.temperature, "ras": False if args.no_ras else None}
+    sampling = {
+        "top_p": args.top_p,
+        "temperature": args.temperature,
+        "ras": False if args.no_ras else None,
+        "greedy": args.greedy,
+    }
     options = AuditOptions(
         generator=args.generator,
         profile=args.profile,

@@ -138,6 +138,12 @@ def add_parser(sub) -> None:
     p.add_argument("--top-p", type=float, default=0.8, help="valle: nucleus sampling")
     p.add_argument("--temperature", type=float, default=1.0, help="valle: sampling temperature")
     p.add_argument("--no-ras", action="store_true", help="valle: disable repetition-aware sampling")
+    p.add_argument(
+        "--greedy",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="valle: argmax AR decoding (no randomness, no RAS); default: what the checkpoint recommends",
+    )
     add_watermark_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_score)
@@ -184,7 +190,12 @@ def run_score(args) -> int:
         speaker_model=args.speaker_model,
         quality=not args.no_quality,
         vad=not args.no_vad,
-        sampling={"top_p": args.top_p, "temperature": args.temperature, "ras": not args.no_ras}
+        sampling={
+            "top_p": args.top_p,
+            "temperature": args.temperature,
+            "ras": not args.no_ras,
+            "greedy": args.greedy,
+        }
         if valle
         else None,
         watermark=watermark_setup(args, args.device) if valle else None,
