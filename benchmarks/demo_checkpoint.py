@@ -44,6 +44,7 @@ from valle.manifest import by_speaker, read_manifest
 from valle.sampling import SamplingOptions
 from valle.synthesize import Generator
 from watermark import load_watermarker
+from watermark.base import WatermarkError
 from watermark.keys import WatermarkKey
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,10 +85,20 @@ def score_voices(
         texts = [targets[(k + j) % len(targets)].text for j in range(args.per_speaker)]
         k += args.per_speaker
         ids = [f"{name}__{j}" for j in range(len(texts))]
-        options = GenerationOptions(sampling=SamplingOptions(greedy=args.greedy), seed=args.seed)
-        records = gen.synthesize(texts, prompt.audio, prompt.text, options, ids=ids)
-        gen.save(records, args.out)
-        for rec in records:
+        sampling = SamplingOptions(greedy=args.greedy)
+        for j, (text, uid) in enumerate(zip(texts, ids, strict=True)):  # item j has seed + j, as in a batch
+            options = GenerationOptions(sampling=sampling, seed=args.seed + j)
+            try:
+                rec = gen.synthesize([text], prompt.audio, prompt.text, options, ids=[uid])[0]
+            except WatermarkError:  # an output too short to carry the mark is refused, never written
+                nan = float("nan")
+                rows.append(
+                    {"id": uid, "speaker": name, "text": text, "hyp": "", "refused": True, "silent": False,
+                     "greedy": None, "stop_reason": None, "seconds": nan, "sim_own": nan,
+                     "sim_other_mean": nan, "sim_other_max": nan, "watermark_detected": None}
+                )  # fmt: skip
+                continue
+            gen.save([rec], args.out)
             silent = not rec.watermark["applied"]  # decoded to digital silence: a generation failure
             if silent:
                 sims, own = {s: float("nan") for s in centroids if s != name}, float("nan")
@@ -101,6 +112,7 @@ def score_voices(
                     "speaker": name,
                     "text": rec.text,
                     "hyp": "" if silent else asr.transcribe(rec.audio, rec.sample_rate).text,
+                    "refused": False,
                     "silent": silent,
                     "greedy": rec.sampling["sampling"]["greedy"],
                     "stop_reason": rec.stop_reason,
@@ -128,6 +140,7 @@ def score_voices(
             if per_engine
         },
         "silent_output_rate": round(float(np.mean([r["silent"] for r in rows])), 4),
+        "refused_too_short_rate": round(float(np.mean([r["refused"] for r in rows])), 4),
         "sim_own_speaker_mean": round(float(np.nanmean([r["sim_own"] for r in rows])), 4),
         "sim_other_speakers_mean": round(float(np.nanmean([r["sim_other_mean"] for r in rows])), 4),
         "own_speaker_is_nearest_rate": round(
@@ -135,9 +148,11 @@ def score_voices(
         ),
         "eos_rate": round(float(np.mean([r["stop_reason"] == "eos" for r in rows])), 4),
         "max_length_rate": round(float(np.mean([r["stop_reason"] == "max_length" for r in rows])), 4),
-        "mean_output_seconds": round(float(np.mean([r["seconds"] for r in rows])), 2),
-        "watermark_verified_rate_non_silent": float(
-            np.mean([r["watermark_detected"] for r in rows if not r["silent"]] or [float("nan")])
+        "mean_output_seconds": round(float(np.nanmean([r["seconds"] for r in rows])), 2),
+        "watermark_verified_rate_written": float(
+            np.mean(
+                [r["watermark_detected"] for r in rows if not (r["silent"] or r["refused"])] or [float("nan")]
+            )
         ),
     }
     return {"rows": rows, "figures": figures, "next_target": k}
@@ -188,7 +203,7 @@ def main() -> None:
     figures = {
         "checkpoint_sha256": gen.ckpt.weights_sha256,
         "checkpoint_step": gen.ckpt.step,
-        "decode": "greedy" if rows[0]["greedy"] else "sampled",
+        "decode": "greedy" if next(r["greedy"] for r in rows if not r["refused"]) else "sampled",
         "speaker_model": args.speaker,
         **figures,
         "wall_seconds": round(time.perf_counter() - t0, 1),

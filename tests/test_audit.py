@@ -218,6 +218,6 @@ def test_paper_profile_with_the_demo_checkpoint_is_refused_before_any_work(tmp_p
     with pytest.raises(ProfileError) as err:
         run_audit(out, small_testset, options, progress=False, log=lambda s: None)
     text = str(err.value)
-    assert "melvq_24khz" in text and "encodec_24khz_6kbps" in text  # the checkpoint/profile mismatch
+    assert "vqvae_24khz" in text and "encodec_24khz_6kbps" in text  # the checkpoint/profile mismatch
     assert "large-v3" in text and "sha256" in text  # and every missing paper model, with its hash
     assert not out.exists()

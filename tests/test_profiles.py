@@ -54,8 +54,8 @@ def test_offline_profile_passes_here_with_every_bundled_file_hashed(empty_caches
     assert all(f["sha256"] and len(f["sha256"]) == 64 for f in r.files)  # every offline file is pinned
     codec = next(f for f in r.files if f["role"] == "codec")
     assert codec["sha256"] == json.loads((DEMO / "config.json").read_text())["codec"]["weights_sha256"]
-    assert (r.codec, r.codec_weights, r.encodec_weights) == ("melvq_24khz", None, None)
-    assert r.checkpoint["codec"]["name"] == "melvq_24khz"
+    assert (r.codec, r.codec_weights, r.encodec_weights) == ("vqvae_24khz", None, None)
+    assert r.checkpoint["codec"]["name"] == "vqvae_24khz"
     assert hash_cache_path().is_relative_to(empty_caches) and hash_cache_path().is_file()
     from evaluation.scorers.scoring import ScoringConfig
 
@@ -63,7 +63,7 @@ def test_offline_profile_passes_here_with_every_bundled_file_hashed(empty_caches
     assert json.loads(json.dumps(r.to_json()))["files"] == list(r.files)  # fit for config.json
     # a folder:/command: generator decodes nothing, so no codec is checked
     assert check_profile("offline", generator="folder:outputs").codec is None
-    assert check_profile("offline", {"asr_model": None}, generator=f"valle:{DEMO}").codec == "melvq_24khz"
+    assert check_profile("offline", {"asr_model": None}, generator=f"valle:{DEMO}").codec == "vqvae_24khz"
 
 
 def test_paper_profile_lists_every_missing_file_with_hash_path_and_url(empty_caches):
@@ -137,13 +137,13 @@ def test_demo_checkpoint_is_refused_by_paper_and_accepted_by_offline(tmp_path):
     with pytest.raises(ProfileError) as err:
         check_checkpoint("paper", DEMO)
     assert (
-        f"{DEMO} uses codec melvq_24khz; profile 'paper' needs encodec_24khz_6kbps "
+        f"{DEMO} uses codec vqvae_24khz; profile 'paper' needs encodec_24khz_6kbps "
         "(train a checkpoint on EnCodec codes, or use --profile offline)"
     ) in str(err.value)
     info = check_checkpoint("offline", DEMO)
-    assert info["codec"]["name"] == "melvq_24khz" and len(info["weights_sha256"]) == 64
+    assert info["codec"]["name"] == "vqvae_24khz" and len(info["weights_sha256"]) == 64
     # the codec message comes first, with every missing file after it
-    with pytest.raises(ProfileError, match=r"(?s)uses codec melvq_24khz.*MISSING: EnCodec 24 kHz"):
+    with pytest.raises(ProfileError, match=r"(?s)uses codec vqvae_24khz.*MISSING: EnCodec 24 kHz"):
         check_profile("paper", checkpoint=DEMO)
     unofficial = _checkpoint_with_codec(
         DEMO, tmp_path / "enc", name="encodec_24khz_6kbps", weights_sha256="0" * 64
