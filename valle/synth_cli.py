@@ -38,17 +38,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=0.8)
     p.add_argument("--no-ras", action="store_true", help="disable repetition-aware sampling")
-    p.add_argument(
-        "--greedy",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="argmax AR decoding (no randomness, no RAS); default: what the checkpoint recommends",
-    )
+    add_greedy_arg(p)
     p.add_argument("--max-seconds", type=float, default=20.0)
     add_watermark_args(p)
     p.add_argument("--device", default="cpu")
     p.add_argument("--codec-weights", type=Path, default=None)
     p.set_defaults(func=run)
+
+
+def add_greedy_arg(p, help_prefix: str = "") -> None:
+    """``--greedy`` / ``--no-greedy``; left out, the checkpoint's recommendation decides
+    (``valle.sampling.calibrated``)."""
+    p.add_argument(
+        "--greedy",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"{help_prefix}argmax AR decoding (no randomness, no RAS); "
+        "default: what the checkpoint recommends",
+    )
 
 
 def add_watermark_args(p) -> None:

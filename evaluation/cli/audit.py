@@ -10,6 +10,7 @@ from evaluation.audit.stages import run_audit
 from evaluation.audit.state import STAGES, AuditOptions, timing_summary
 from evaluation.cli.score import add_asr_compat_arg, add_testset_args, load_testset
 from evaluation.testsets.demo_set import demo_testset
+from valle.synth_cli import add_greedy_arg
 
 EXAMPLES = """examples:
   valle audit                                   # demo checkpoint + committed demo test set, offline
@@ -70,12 +71,7 @@ def add_parser(sub) -> None:
     s.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold")
     s.add_argument("--temperature", type=float, default=None)
     s.add_argument("--no-ras", action="store_true", help="disable repetition-aware sampling (VALL-E 2)")
-    s.add_argument(
-        "--greedy",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="argmax AR decoding (no randomness, no RAS); default: what the checkpoint recommends",
-    )
+    add_greedy_arg(s)
     p.add_argument("--watermark-clips", type=int, default=6, help="generated files attacked (default 6)")
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--device", default="cpu")

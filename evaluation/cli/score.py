@@ -19,7 +19,7 @@ from evaluation.testsets.testset import (
     seed_tts_eval_test_set,
 )
 from valle.manifest import read_manifest
-from valle.synth_cli import add_watermark_args, watermark_setup
+from valle.synth_cli import add_greedy_arg, add_watermark_args, watermark_setup
 
 RAW = argparse.RawDescriptionHelpFormatter
 
@@ -138,12 +138,7 @@ def add_parser(sub) -> None:
     p.add_argument("--top-p", type=float, default=0.8, help="valle: nucleus sampling")
     p.add_argument("--temperature", type=float, default=1.0, help="valle: sampling temperature")
     p.add_argument("--no-ras", action="store_true", help="valle: disable repetition-aware sampling")
-    p.add_argument(
-        "--greedy",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="valle: argmax AR decoding (no randomness, no RAS); default: what the checkpoint recommends",
-    )
+    add_greedy_arg(p, help_prefix="valle: ")
     add_watermark_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_score)
