@@ -22,7 +22,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 from results_io import write_result
 
 REPO = Path(__file__).resolve().parents[1]
-METRICS = ("wer", "sim_prompt", "repetition_ratio", "rate_code_repetition", "rate_code_loop", "rate_silence")
+METRICS = (
+    "wer",
+    "sim_prompt",
+    "repetition_ratio",
+    "rate_code_repetition",
+    "rate_code_loop",
+    "rate_max_length",
+    "rate_silence",
+)
 
 
 def main() -> int:
