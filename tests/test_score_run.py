@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import soundfile as sf
 import torch
 
 from evaluation.runs.generators import CommandGenerator, GenRequest, load_generator
@@ -293,7 +294,7 @@ def test_command_generator_passes_values_as_arguments_and_records_failures(setup
     py = sys.executable
     copy = f"{py} -c 'import shutil,sys; shutil.copy(sys.argv[1], sys.argv[2])' {{prompt_wav}} {{out_wav}}"
     (ok,) = CommandGenerator(copy).generate([req])
-    assert ok.status == "ok" and ok.seconds == pytest.approx(it.prompt_end, abs=0.01)
+    assert ok.status == "ok" and ok.seconds == pytest.approx(sf.info(prompt).duration, abs=0.01)
     fail = f"{py} -c 'import sys; sys.exit(\"no voice for: \" + sys.argv[1])' {{text}} {{out_wav}}"
     (bad,) = CommandGenerator(fail).generate([req])
     assert bad.status == "failed" and "exited 1" in bad.error and it.text[:20] in bad.error

@@ -28,9 +28,28 @@ def test_cross_sentence_prompts_come_from_another_utterance_of_the_same_speaker(
     for it in ts.items:
         src = by_id[it.prompt_source]
         assert src.speaker == it.speaker and src.id != it.id
-        assert it.prompt_text == src.text and it.prompt_end == pytest.approx(min(3.0, src.duration), abs=1e-3)
+        # the whole utterance: a cut would keep words in the transcript that the audio no longer says
+        assert it.prompt_text == src.text and it.prompt_start == 0.0 and it.prompt_end is None
     again = build_test_set(utts, TestSetOptions(**ANY_LENGTH))
     assert [i.to_json() for i in again.items] == [i.to_json() for i in ts.items]  # deterministic
+
+
+def test_cross_sentence_prompts_are_drawn_among_short_enough_utterances(espeak_corpus):
+    utts = read_manifest(espeak_corpus / "manifest.jsonl")
+    durations = {u.id: u.duration for u in utts}
+    # every speaker has one utterance shorter than the others: it is the only prompt allowed, except
+    # for itself as a target, whose prompt is then the shortest of the rest (whole, never cut)
+    shortest = {}
+    for u in sorted(utts, key=lambda u: (u.duration, u.id)):
+        shortest.setdefault(u.speaker, []).append(u.id)
+    cap = max(durations[ids[0]] for ids in shortest.values()) + 1e-3
+    assert all(durations[ids[1]] > cap for ids in shortest.values())  # the fixture allows this test
+    ts = build_test_set(utts, TestSetOptions(max_prompt_seconds=cap, **ANY_LENGTH))
+    for it in ts.items:
+        first, second = shortest[it.speaker][:2]
+        assert it.prompt_source == (second if it.id == first else first)
+    with pytest.raises(ValueError, match="max_prompt_seconds"):
+        TestSetOptions(max_prompt_seconds=0.5)
 
 
 def test_continuation_uses_the_first_seconds_of_the_target(espeak_corpus, tmp_path):

@@ -34,7 +34,15 @@ def add_testset_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--protocol", choices=PROTOCOLS, default="cross_sentence")
     p.add_argument("--min-seconds", type=float, default=4.0, help="shortest target (paper: 4 s)")
     p.add_argument("--max-seconds", type=float, default=10.0, help="longest target (paper: 10 s)")
-    p.add_argument("--prompt-seconds", type=float, default=3.0)
+    p.add_argument(
+        "--prompt-seconds", type=float, default=3.0, help="continuation: prompt = the target's first N s"
+    )
+    p.add_argument(
+        "--max-prompt-seconds",
+        type=float,
+        default=6.0,
+        help="cross-sentence: draw the (whole) prompt utterance among those of at most N s",
+    )
     p.add_argument("--max-items", type=int, default=None)
     p.add_argument("--testset-seed", type=int, default=0, help="seed of the prompt choice")
 
@@ -50,6 +58,7 @@ def load_testset(args) -> TestSet:
         min_seconds=args.min_seconds,
         max_seconds=args.max_seconds,
         prompt_seconds=args.prompt_seconds,
+        max_prompt_seconds=args.max_prompt_seconds,
         seed=args.testset_seed,
         max_items=args.max_items,
     )

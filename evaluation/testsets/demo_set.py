@@ -15,7 +15,7 @@ speaker), so the detector and the voice-authentication stage see real speech on 
 outside the repository is read unless asked for.
 
 The test set itself is built by :func:`evaluation.testsets.testset.build_test_set` with the VALL-E
-cross-sentence protocol (a 3 s prompt cut from another utterance of the same speaker).
+cross-sentence protocol (the prompt is the speaker's other utterance, whole, with its transcript).
 """
 
 from __future__ import annotations

@@ -2,8 +2,14 @@
 
 VALL-E (Wang et al., 2023, sec. 5.2) evaluates utterances of 4-10 s in two modes:
 
-- **cross-sentence**: the voice prompt is a 3 s cut of *another* utterance of the same speaker,
-  with that utterance's transcript as the phoneme prompt; the target text is new to the prompt.
+- **cross-sentence**: the voice prompt is *another* utterance of the same speaker, whole, with its
+  transcript as the phoneme prompt; the target text is new to the prompt. The paper cuts 3 s
+  prompts, which needs a word alignment of the prompt to know which words the cut still says; a cut
+  made without one keeps words in the transcript that the audio no longer says, and a model that
+  reads the text then speaks them before the target (insertions in the WER, a wrong speaking rate).
+  So the prompt is drawn among the speaker's utterances of at most ``max_prompt_seconds`` (default
+  6 s), and is the speaker's shortest other utterance when none is that short. seed-tts-eval and
+  the public VALL-E reproductions use whole prompt utterances too.
 - **continuation**: the prompt is the first 3 s of the target utterance itself and the text is
   its full transcript; the model continues the utterance.
 
@@ -43,8 +49,9 @@ class TestSetOptions:
     protocol: str = "cross_sentence"
     min_seconds: float = 4.0  # target duration range (the paper's 4-10 s)
     max_seconds: float = 10.0
-    prompt_seconds: float = 3.0
-    seed: int = 0
+    prompt_seconds: float = 3.0  # continuation: the prompt is the target's first prompt_seconds
+    max_prompt_seconds: float = 6.0  # cross-sentence: longest prompt utterance drawn (see module doc)
+    seed: int = 0  # of the cross-sentence prompt choice
     max_items: int | None = None  # first N valid targets in id order (after the duration filter)
 
     def __post_init__(self) -> None:
@@ -56,6 +63,10 @@ class TestSetOptions:
             )
         if not self.prompt_seconds >= MIN_PROMPT_SECONDS:
             raise ValueError(f"prompt_seconds must be >= {MIN_PROMPT_SECONDS}, got {self.prompt_seconds}")
+        if not self.max_prompt_seconds >= MIN_PROMPT_SECONDS:
+            raise ValueError(
+                f"max_prompt_seconds must be >= {MIN_PROMPT_SECONDS}, got {self.max_prompt_seconds}"
+            )
 
 
 @dataclass(frozen=True)
@@ -226,15 +237,16 @@ def build_test_set(
         others = [o for o in speakers.get(u.speaker, []) if o.id != u.id]
         if problem is None and not others:
             problem = f"speaker {u.speaker} has no other usable utterance for a cross-sentence prompt"
-        prompt = others[_stable_rng(options.seed, u.id).integers(len(others))] if others else None
+        short = [o for o in others if seconds[o.id] <= options.max_prompt_seconds]
+        pool = short or ([min(others, key=lambda o: (seconds[o.id], o.id))] if others else [])
+        prompt = pool[_stable_rng(options.seed, u.id).integers(len(pool))] if pool else None
         items.append(
             TestItem(
                 **common,
                 target_audio=target,
                 target_seconds=seconds[u.id],
                 prompt_audio=str(prompt.audio) if prompt else None,
-                prompt_text=prompt.text if prompt else None,
-                prompt_end=min(options.prompt_seconds, seconds[prompt.id]) if prompt else None,
+                prompt_text=prompt.text if prompt else None,  # the whole prompt utterance says it all
                 prompt_source=prompt.id if prompt else None,
                 problem=problem,
             )
