@@ -8,8 +8,8 @@ VALL-E (Wang et al., 2023, sec. 5.2) evaluates utterances of 4-10 s in two modes
   made without one keeps words in the transcript that the audio no longer says, and a model that
   reads the text then speaks them before the target (insertions in the WER, a wrong speaking rate).
   So the prompt is drawn among the speaker's utterances of at most ``max_prompt_seconds`` (default
-  6 s), and is the speaker's shortest other utterance when none is that short. seed-tts-eval and
-  the public VALL-E reproductions use whole prompt utterances too.
+  6 s), and is the speaker's shortest other utterance when none is that short. seed-tts-eval's
+  lists (below) give whole prompt clips too.
 - **continuation**: the prompt is the first 3 s of the target utterance itself and the text is
   its full transcript; the model continues the utterance.
 
