@@ -166,16 +166,21 @@ def test_ar_only_export_is_trained_on_but_never_generates(saved, tmp_path_factor
     assert all(torch.equal(v, own_nar[k]) for k, v in fresh.nar.state_dict().items())
 
 
-def test_committed_one_voice_ar_is_one_a_new_run_can_start_from():
-    """checkpoints/one_voice_ar exists to be trained on (`--init-from`): its weights pass their
-    sha256, and its codec, phoneme table and shapes are what a `tiny --ar-pointer` run here builds."""
-    ckpt = load_checkpoint(Path(__file__).resolve().parents[1] / "checkpoints" / "one_voice_ar")
+@pytest.mark.parametrize(
+    "name, step, max_steps",
+    [("one_voice_ar", 200, 400), ("piper8_ar", 300, 500)],  # both stopped mid-schedule (their READMEs)
+)
+def test_committed_research_ars_are_ones_a_new_run_can_start_from(name, step, max_steps):
+    """The research ARs exist to be trained on (`--init-from`): their weights pass their sha256,
+    and their codec, phoneme table and shapes are what a `tiny --ar-pointer` run here builds."""
+    ckpt = load_checkpoint(Path(__file__).resolve().parents[1] / "checkpoints" / name)
     assert ckpt.config.ar_pointer
     assert load_codec_for(ckpt.codec).card == ckpt.codec  # the installed vqvae_24khz, same weights
     symbols = SymbolTable.default()
     assert ckpt.symbols == symbols
     fresh = make_config("tiny", len(symbols), ar_pointer=True)
     assert ckpt.config == fresh
-    # the last stage of its README: 200 self-fed AR-only steps, exported without the untrained NAR
-    assert ckpt.step == 200 and ckpt.parts == ("ar",)
-    assert ckpt.extra["train_config"]["ar_self_feed"] == 0.9 and ckpt.extra["train_config"]["parts"] == "ar"
+    # self-fed AR-only steps, exported without the NAR (untrained, or the demo's that it only carried)
+    assert ckpt.step == step and ckpt.parts == ("ar",)
+    train = ckpt.extra["train_config"]
+    assert train["ar_self_feed"] == 0.9 and train["parts"] == "ar" and train["max_steps"] == max_steps
