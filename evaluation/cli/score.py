@@ -98,8 +98,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "testset",
         help="build a zero-shot test set (cross-sentence / continuation) from a manifest",
-        description="Targets of 4-10 s; cross-sentence: a 3 s cut of another utterance of the same "
-        "speaker\nwith its transcript; continuation: the first 3 s of the target.\n"
+        description="Targets of 4-10 s; cross-sentence: another utterance of the same speaker\n"
+        "(whole, <= 6 s) with its transcript; continuation: the first 3 s of the target.\n"
         "Unusable rows are kept with a reason.",
         epilog="example:\n  valle testset --manifest data/corpus/manifest.jsonl --min-seconds 3 \\\n"
         "      --out runs/ts.jsonl",
