@@ -34,20 +34,27 @@ def test_cross_sentence_prompts_come_from_another_utterance_of_the_same_speaker(
     assert [i.to_json() for i in again.items] == [i.to_json() for i in ts.items]  # deterministic
 
 
-def test_cross_sentence_prompts_are_drawn_among_short_enough_utterances(espeak_corpus):
-    utts = read_manifest(espeak_corpus / "manifest.jsonl")
+def test_cross_sentence_prompts_are_drawn_among_short_enough_utterances(espeak_corpus, tmp_path):
+    # each speaker's utterance 0 cut to 1.5 s, so it is the only prompt of at most 2 s; as a target
+    # itself, its prompt is the shortest of the rest (whole, never cut)
+    rows = [json.loads(line) for line in (espeak_corpus / "manifest.jsonl").read_text().splitlines()]
+    for r in rows:
+        wav, sr = sf.read(espeak_corpus / r["audio"], dtype="float32")
+        assert len(wav) > 2.5 * sr  # the fixture's utterances are ~4 s
+        if r["id"].endswith("_0"):
+            wav = wav[: round(1.5 * sr)]
+        sf.write(tmp_path / f"{r['id']}.wav", wav, sr)
+        r["audio"], r["duration"] = f"{r['id']}.wav", round(len(wav) / sr, 3)
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    utts = read_manifest(tmp_path / "m.jsonl")
     durations = {u.id: u.duration for u in utts}
-    # every speaker has one utterance shorter than the others: it is the only prompt allowed, except
-    # for itself as a target, whose prompt is then the shortest of the rest (whole, never cut)
-    shortest = {}
-    for u in sorted(utts, key=lambda u: (u.duration, u.id)):
-        shortest.setdefault(u.speaker, []).append(u.id)
-    cap = max(durations[ids[0]] for ids in shortest.values()) + 1e-3
-    assert all(durations[ids[1]] > cap for ids in shortest.values())  # the fixture allows this test
-    ts = build_test_set(utts, TestSetOptions(max_prompt_seconds=cap, **ANY_LENGTH))
+    ts = build_test_set(utts, TestSetOptions(max_prompt_seconds=2.0, **ANY_LENGTH))
+    assert len(ts.items) == 9 and not ts.problems
     for it in ts.items:
-        first, second = shortest[it.speaker][:2]
-        assert it.prompt_source == (second if it.id == first else first)
+        first = f"{it.speaker}_0"
+        rest = [u.id for u in utts if u.speaker == it.speaker and u.id != first]
+        expected = min(rest, key=lambda i: (durations[i], i)) if it.id == first else first
+        assert it.prompt_source == expected and it.prompt_end is None
     with pytest.raises(ValueError, match="max_prompt_seconds"):
         TestSetOptions(max_prompt_seconds=0.5)
 
