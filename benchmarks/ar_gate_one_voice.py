@@ -27,6 +27,7 @@ that generation uses (not in the paper either).
     python benchmarks/ar_gate_one_voice.py --skip-train ...    # score an existing run again
     python benchmarks/ar_gate_one_voice.py --skip-train --heldout-sentences 55 ...    # all 55 held-out
     python benchmarks/ar_gate_one_voice.py --skip-train --greedy ...    # listen to argmax codebook 1
+    python benchmarks/ar_gate_one_voice.py --skip-train --greedy --repeat-penalty 3 ...    # no repeats
     python benchmarks/ar_gate_one_voice.py --resume --steps 1500 ...    # train an existing run further
 """
 
@@ -90,6 +91,12 @@ def main() -> None:
         default=1,
         help="sampled listening repeated with this many seeds (item i of seed s uses 1000 s + i); "
         "the figures of seed 0 keep their names, the mean WER is added",
+    )
+    ap.add_argument(
+        "--repeat-penalty",
+        type=float,
+        default=0.0,
+        help="subtract this from the logit of the previous frame's code when listening (not in the paper)",
     )
     ap.add_argument("--name", default="ar_gate_one_voice", help="results file name")
     args = ap.parse_args()
@@ -166,12 +173,16 @@ def main() -> None:
         "heldout": (heldout_ex, [train_ex[i % len(train_ex)] for i in range(len(heldout_ex))]),
     }
     seeds = 1 if args.greedy else args.seeds
-    sampling = SamplingOptions(greedy=args.greedy, temperature=args.temperature)
+    sampling = SamplingOptions(
+        greedy=args.greedy, temperature=args.temperature, repeat_penalty=args.repeat_penalty
+    )
     decode = (
         "greedy"
         if args.greedy
         else f"sampled (top-p {sampling.top_p}, RAS, temperature {sampling.temperature}, seed 1000 s + i)"
     )
+    if args.repeat_penalty:
+        decode += f", repeat penalty {args.repeat_penalty:g}"
     figures["decode"] = decode if args.greedy else f"{decode}, {seeds} seed(s)"
     for name, (targets, prompts) in listen.items():
         wers = []

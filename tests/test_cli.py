@@ -69,8 +69,10 @@ def test_score_with_a_missing_manifest_names_it(tmp_path, capsys):
     ],
     ids=lambda c: c[0],
 )
-def test_greedy_decoding_is_the_checkpoints_choice_unless_asked(command):
+def test_ar_decoding_is_the_checkpoints_choice_unless_asked(command):
     parse = build_parser().parse_args
     assert parse(command).greedy is None  # None: what the checkpoint recommends (valle.sampling.calibrated)
     assert parse([*command, "--greedy"]).greedy is True
     assert parse([*command, "--no-greedy"]).greedy is False
+    assert parse(command).repeat_penalty is None
+    assert parse([*command, "--repeat-penalty", "0"]).repeat_penalty == 0.0

@@ -149,8 +149,24 @@ def test_sampling_is_deterministic_per_generator_and_independent_of_the_batch():
     assert torch.equal(greedy.tokens, logits.argmax(-1)) and not greedy.resampled.any()
 
 
+def test_repeat_penalty_lowers_only_the_previous_frames_code():
+    logits = torch.zeros(3, 8)
+    logits[:, 4] = 1.0  # the argmax
+    logits[:, 2] = 0.5  # the runner-up
+    history = torch.tensor([[1, 4], [4, 3], [-1, -1]])  # previous code 4 / 3 / none yet
+    greedy = SamplingOptions(greedy=True, repeat_penalty=0.75)
+    assert sample_tokens(logits, history, greedy, torch.Generator()).tokens.tolist() == [2, 4, 4]
+    assert logits[0, 4] == 1.0  # the caller's logits are not edited
+    assert sample_tokens(logits, history, GREEDY, torch.Generator()).tokens.tolist() == [4, 4, 4]
+    # sampled: the penalised code leaves the top-1 nucleus
+    nucleus = SamplingOptions(top_k=1, top_p=1.0, ras=False, repeat_penalty=0.75)
+    assert sample_tokens(logits, history, nucleus, torch.Generator()).tokens.tolist() == [2, 4, 4]
+
+
 def test_sampling_options_are_validated():
     for bad in (
+        dict(repeat_penalty=-0.1),
+        dict(repeat_penalty=math.inf),
         dict(temperature=0),
         dict(top_k=-1),
         dict(top_p=0),

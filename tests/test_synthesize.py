@@ -186,5 +186,29 @@ def test_a_checkpoint_that_recommends_greedy_decoding_gets_it_unless_told_otherw
     assert a.sampling["sampling"]["greedy"] is True and b.sampling["sampling"]["greedy"] is True
     torch.testing.assert_close(a.codes, b.codes)  # argmax: the seed changes nothing
     assert run(1, SamplingOptions(greedy=False)).sampling["sampling"]["greedy"] is False  # asked for
-    # a checkpoint that recommends nothing samples, as the paper does
+    # a checkpoint that recommends nothing samples, as the paper does, with no repeat penalty
     assert calibrated(SamplingOptions(), {}).greedy is False
+    assert calibrated(SamplingOptions(), {}).repeat_penalty == 0
+
+
+def test_a_recommended_repeat_penalty_is_recorded_kept_on_re_export_and_overridable(tmp_path, prompt_wav):
+    from valle.checkpoint import export_checkpoint
+
+    symbols = SymbolTable.default()
+    src = save_checkpoint(
+        tmp_path / "src", VALLE(make_config("debug", len(symbols))), symbols, load_codec().card, step=0
+    )
+    greedy = export_checkpoint(src, tmp_path / "greedy", ar_greedy=True)
+    out = export_checkpoint(greedy, tmp_path / "penalised", ar_repeat_penalty=3.0)
+    gen = Generator(out, load_watermarker("perth"))
+    assert gen.ckpt.extra["ar"] == {"greedy": True, "repeat_penalty": 3.0}
+    options = GenerationOptions(max_seconds=1.0)
+    rec = gen.synthesize(["Hello there."], prompt_wav, "A tone.", options)[0]
+    assert rec.sampling["sampling"]["repeat_penalty"] == 3.0
+    asked = GenerationOptions(sampling=SamplingOptions(repeat_penalty=0.0), max_seconds=1.0)
+    assert (
+        gen.synthesize(["Hello there."], prompt_wav, "A tone.", asked)[0].sampling["sampling"][
+            "repeat_penalty"
+        ]
+        == 0.0
+    )

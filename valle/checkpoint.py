@@ -234,22 +234,29 @@ def export_checkpoint(
     nar_min_confidence: float = 0.0,
     parts: tuple[str, ...] = PARTS,
     ar_greedy: bool = False,
+    ar_repeat_penalty: float = 0.0,
 ) -> Path:
     """Copy a training checkpoint for distribution: weights only (no optimizer), at ``dtype``.
 
     ``nar_min_confidence`` > 0 records a generation setting that is not in the paper (the NAR's
     confidence gate, ``valle.generate.nar_generate``) as this checkpoint's default, and ``ar_greedy``
-    another (argmax AR decoding instead of the paper's sampling; ``valle.sampling.calibrated``).
+    another (argmax AR decoding instead of the paper's sampling; ``valle.sampling.calibrated``),
+    ``ar_repeat_penalty`` > 0 a third (``valle.sampling.SamplingOptions.repeat_penalty``). Settings
+    a source checkpoint already records are kept unless given again.
     ``parts`` keeps only those halves (an AR trained with ``--parts ar`` is exported without its
     untrained NAR)."""
     ckpt = load_checkpoint(src)
     parts = _check_parts(parts, str(dst))
     require_parts(ckpt, *parts, what=f"exporting {'/'.join(parts).upper()}")
-    extra = {**ckpt.extra, "exported_from_sha256": ckpt.weights_sha256, "export_dtype": str(dtype)}
+    # an export of an export names the training checkpoint the weights came from
+    origin = ckpt.extra.get("exported_from_sha256", ckpt.weights_sha256)
+    extra = {**ckpt.extra, "exported_from_sha256": origin, "export_dtype": str(dtype)}
     if nar_min_confidence > 0:
         extra["nar"] = {"min_confidence": nar_min_confidence}
     if ar_greedy:
-        extra["ar"] = {"greedy": True}
+        extra["ar"] = {**extra.get("ar", {}), "greedy": True}
+    if ar_repeat_penalty > 0:
+        extra["ar"] = {**extra.get("ar", {}), "repeat_penalty": ar_repeat_penalty}
     return save_checkpoint(
         dst, ckpt.model, ckpt.symbols, ckpt.codec, ckpt.step, extra=extra, dtype=dtype, parts=parts
     )

@@ -58,6 +58,11 @@ class SamplingOptions:
     # argmax: no randomness and no RAS. None = what the checkpoint recommends (``extra["ar"]``,
     # written by ``valle export --ar-greedy``), sampled when it recommends nothing
     greedy: bool | None = None
+    # Not in the paper: subtract this from the logit of the code generated at the previous frame
+    # before greedy or nucleus decoding. A pointer AR fed its own codes holds one code far longer
+    # than real speech does (README, "Repeat penalty"); this leans it off. None = what the
+    # checkpoint recommends (``extra["ar"]``, ``valle export --ar-repeat-penalty``), else 0 = off
+    repeat_penalty: float | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.temperature) and self.temperature > 0):
@@ -68,6 +73,10 @@ class SamplingOptions:
             raise ValueError(f"SamplingOptions.top_p must be in (0, 1], got {self.top_p}")
         if self.ras_window < 1:
             raise ValueError(f"SamplingOptions.ras_window must be >= 1, got {self.ras_window}")
+        if self.repeat_penalty is not None and not (
+            math.isfinite(self.repeat_penalty) and self.repeat_penalty >= 0
+        ):
+            raise ValueError(f"SamplingOptions.repeat_penalty must be >= 0, got {self.repeat_penalty}")
         if self.ras_threshold is not None and not 0 <= self.ras_threshold < 1:
             raise ValueError(f"SamplingOptions.ras_threshold must be in [0, 1), got {self.ras_threshold}")
 
@@ -155,6 +164,12 @@ def sample_tokens(
     (most recent last, -1 = none). Returns the tokens and which rows RAS resampled."""
     B = logits.shape[0]
     logits = logits.float()
+    if options.repeat_penalty and history.shape[1] > 0:
+        previous = history[:, -1].to(logits.device)
+        has = previous >= 0
+        rows = has.nonzero().squeeze(1)
+        logits = logits.clone()
+        logits[rows, previous[rows]] -= options.repeat_penalty
     if options.greedy:
         return SampleResult(logits.argmax(dim=-1), torch.zeros(B, dtype=torch.bool, device=logits.device))
     u = draw_uniforms(generators, B, 2, logits.device)  # always two per row: streams never shift
@@ -203,11 +218,15 @@ def calibrate_ras_threshold(
 
 def calibrated(sampling: SamplingOptions, checkpoint_extra: dict) -> SamplingOptions:
     """``sampling`` with what was not given filled in from the checkpoint: greedy decoding when it
-    recommends it (``extra["ar"]["greedy"]``), and the RAS threshold stored for its codec
+    recommends it (``extra["ar"]["greedy"]``), its repeat penalty (``extra["ar"]["repeat_penalty"]``,
+    else 0), and the RAS threshold stored for its codec
     (``extra["ras"]``, written by training; the paper's 0.1 when the checkpoint has none or was
     calibrated for another window)."""
+    recommended = checkpoint_extra.get("ar") or {}
     if sampling.greedy is None:
-        sampling = replace(sampling, greedy=bool((checkpoint_extra.get("ar") or {}).get("greedy", False)))
+        sampling = replace(sampling, greedy=bool(recommended.get("greedy", False)))
+    if sampling.repeat_penalty is None:
+        sampling = replace(sampling, repeat_penalty=float(recommended.get("repeat_penalty", 0.0)))
     if sampling.ras_threshold is not None:
         return sampling
     ras = checkpoint_extra.get("ras") or {}

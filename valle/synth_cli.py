@@ -38,7 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=0.8)
     p.add_argument("--no-ras", action="store_true", help="disable repetition-aware sampling")
-    add_greedy_arg(p)
+    add_ar_decoding_args(p)
     p.add_argument("--max-seconds", type=float, default=20.0)
     add_watermark_args(p)
     p.add_argument("--device", default="cpu")
@@ -46,15 +46,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def add_greedy_arg(p, help_prefix: str = "") -> None:
-    """``--greedy`` / ``--no-greedy``; left out, the checkpoint's recommendation decides
-    (``valle.sampling.calibrated``)."""
+def add_ar_decoding_args(p, help_prefix: str = "") -> None:
+    """``--greedy`` / ``--no-greedy`` and ``--repeat-penalty``; left out, the checkpoint's
+    recommendation decides (``valle.sampling.calibrated``)."""
     p.add_argument(
         "--greedy",
         action=argparse.BooleanOptionalAction,
         default=None,
         help=f"{help_prefix}argmax AR decoding (no randomness, no RAS); "
         "default: what the checkpoint recommends",
+    )
+    p.add_argument(
+        "--repeat-penalty",
+        type=float,
+        default=None,
+        help=f"{help_prefix}subtract this from the logit of the previous frame's code (not in the "
+        "paper; 0 = off); default: what the checkpoint recommends",
     )
 
 
@@ -109,6 +116,7 @@ def run(args) -> int:
             top_p=args.top_p,
             ras=not args.no_ras,
             greedy=args.greedy,
+            repeat_penalty=args.repeat_penalty,
         ),
         max_seconds=args.max_seconds,
         seed=args.seed,

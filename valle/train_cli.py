@@ -170,6 +170,13 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
         help="record argmax AR decoding (not in the paper) as the checkpoint's generation default",
     )
     p.add_argument(
+        "--ar-repeat-penalty",
+        type=float,
+        default=0.0,
+        help="record a repeat penalty (not in the paper: subtracted from the logit of the previous "
+        "frame's code) as the checkpoint's AR decoding default",
+    )
+    p.add_argument(
         "--parts",
         nargs="+",
         choices=("ar", "nar"),
@@ -188,6 +195,7 @@ def _run_export(args) -> int:
         args.nar_min_confidence,
         tuple(args.parts),
         ar_greedy=args.ar_greedy,
+        ar_repeat_penalty=args.ar_repeat_penalty,
     )
     meta = read_config(out)
     size = (out / WEIGHTS).stat().st_size / 2**20

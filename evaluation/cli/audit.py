@@ -10,7 +10,7 @@ from evaluation.audit.stages import run_audit
 from evaluation.audit.state import STAGES, AuditOptions, timing_summary
 from evaluation.cli.score import add_asr_compat_arg, add_testset_args, load_testset
 from evaluation.testsets.demo_set import demo_testset
-from valle.synth_cli import add_greedy_arg
+from valle.synth_cli import add_ar_decoding_args
 
 EXAMPLES = """examples:
   valle audit                                   # demo checkpoint + committed demo test set, offline
@@ -71,7 +71,7 @@ def add_parser(sub) -> None:
     s.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold")
     s.add_argument("--temperature", type=float, default=None)
     s.add_argument("--no-ras", action="store_true", help="disable repetition-aware sampling (VALL-E 2)")
-    add_greedy_arg(s)
+    add_ar_decoding_args(s)
     p.add_argument("--watermark-clips", type=int, default=6, help="generated files attacked (default 6)")
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--device", default="cpu")
@@ -105,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         "temperature": args.temperature,
         "ras": False if args.no_ras else None,
         "greedy": args.greedy,
+        "repeat_penalty": args.repeat_penalty,
     }
     options = AuditOptions(
         generator=args.generator,

@@ -19,7 +19,7 @@ from evaluation.testsets.testset import (
     seed_tts_eval_test_set,
 )
 from valle.manifest import read_manifest
-from valle.synth_cli import add_greedy_arg, add_watermark_args, watermark_setup
+from valle.synth_cli import add_ar_decoding_args, add_watermark_args, watermark_setup
 
 RAW = argparse.RawDescriptionHelpFormatter
 
@@ -40,7 +40,7 @@ def add_testset_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument(
         "--max-prompt-seconds",
         type=float,
-        default=6.0,
+        default=4.0,
         help="cross-sentence: draw the (whole) prompt utterance among those of at most N s",
     )
     p.add_argument("--max-items", type=int, default=None)
@@ -99,7 +99,7 @@ def add_parser(sub) -> None:
         "testset",
         help="build a zero-shot test set (cross-sentence / continuation) from a manifest",
         description="Targets of 4-10 s; cross-sentence: another utterance of the same speaker\n"
-        "(whole, <= 6 s) with its transcript; continuation: the first 3 s of the target.\n"
+        "(whole, <= 4 s) with its transcript; continuation: the first 3 s of the target.\n"
         "Unusable rows are kept with a reason.",
         epilog="example:\n  valle testset --manifest data/corpus/manifest.jsonl --min-seconds 3 \\\n"
         "      --out runs/ts.jsonl",
@@ -147,7 +147,7 @@ def add_parser(sub) -> None:
     p.add_argument("--top-p", type=float, default=0.8, help="valle: nucleus sampling")
     p.add_argument("--temperature", type=float, default=1.0, help="valle: sampling temperature")
     p.add_argument("--no-ras", action="store_true", help="valle: disable repetition-aware sampling")
-    add_greedy_arg(p, help_prefix="valle: ")
+    add_ar_decoding_args(p, help_prefix="valle: ")
     add_watermark_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_score)
@@ -199,6 +199,7 @@ def run_score(args) -> int:
             "temperature": args.temperature,
             "ras": not args.no_ras,
             "greedy": args.greedy,
+            "repeat_penalty": args.repeat_penalty,
         }
         if valle
         else None,
