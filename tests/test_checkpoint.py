@@ -166,6 +166,33 @@ def test_ar_only_export_is_trained_on_but_never_generates(saved, tmp_path_factor
     assert all(torch.equal(v, own_nar[k]) for k, v in fresh.nar.state_dict().items())
 
 
+def test_an_ar_only_checkpoint_generates_once_given_another_checkpoints_nar(saved, tmp_path_factory):
+    from valle.checkpoint import export_checkpoint
+
+    path, model = saved
+    ar_only = export_checkpoint(path, tmp_path_factory.mktemp("ar_only"), parts=("ar",))
+    torch.manual_seed(2)
+    other = VALLE(model.cfg)  # a checkpoint whose NAR differs from the one ar_only was cut from
+    symbols, card = load_checkpoint(path).symbols, load_checkpoint(path).codec
+    donor = save_checkpoint(tmp_path_factory.mktemp("donor"), other, symbols, card, step=3)
+    out = export_checkpoint(ar_only, tmp_path_factory.mktemp("both"), nar_from=donor, ar_greedy=True)
+    ckpt = load_checkpoint(out)
+    assert ckpt.parts == ("ar", "nar") and ckpt.step == 7 and ckpt.extra["ar"] == {"greedy": True}
+    assert ckpt.extra["nar_from_sha256"] == load_checkpoint(donor).weights_sha256
+    for k, v in other.nar.state_dict().items():
+        torch.testing.assert_close(ckpt.model.nar.state_dict()[k], v, atol=1e-3, rtol=1e-3, msg=k)
+    for k, v in model.ar.state_dict().items():
+        torch.testing.assert_close(ckpt.model.ar.state_dict()[k], v, atol=1e-3, rtol=1e-3, msg=k)
+    # a NAR of another size or codec does not belong with this AR
+    bigger = save_checkpoint(
+        tmp_path_factory.mktemp("tiny"), VALLE(make_config("tiny", len(symbols))), symbols, card, step=1
+    )
+    with pytest.raises(CheckpointError, match="does not fit"):
+        export_checkpoint(ar_only, tmp_path_factory.mktemp("x"), nar_from=bigger)
+    with pytest.raises(CheckpointError, match="holds the AR weights only"):
+        export_checkpoint(ar_only, tmp_path_factory.mktemp("y"), nar_from=ar_only)
+
+
 @pytest.mark.parametrize(
     "name, step, max_steps",
     [("one_voice_ar", 200, 400), ("piper8_ar", 300, 500)],  # both stopped mid-schedule (their READMEs)

@@ -71,6 +71,21 @@ def _check_parts(parts, where: str) -> tuple[str, ...]:
     return tuple(p for p in PARTS if p in parts)
 
 
+def _take_nar(ckpt: Checkpoint, donor: Checkpoint) -> None:
+    """Put ``donor``'s NAR into ``ckpt`` (in memory), refusing one that does not belong with it."""
+    require_parts(donor, "nar", what="taking its NAR")
+    if donor.codec != ckpt.codec or donor.symbols != ckpt.symbols:
+        raise CheckpointError(
+            f"{donor.path}: its NAR was trained with another codec or symbol table than {ckpt.path}"
+        )
+    try:
+        ckpt.model.nar.load_state_dict(donor.model.nar.state_dict())
+    except RuntimeError as err:
+        raise CheckpointError(f"{donor.path}: its NAR does not fit the model of {ckpt.path} ({err})") from err
+    ckpt.parts = tuple(p for p in PARTS if p in ckpt.parts or p == "nar")
+    ckpt.extra = {**ckpt.extra, "nar_from_sha256": donor.weights_sha256}
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.partial")
     tmp.write_text(text)
@@ -235,6 +250,7 @@ def export_checkpoint(
     parts: tuple[str, ...] = PARTS,
     ar_greedy: bool = False,
     ar_repeat_penalty: float = 0.0,
+    nar_from: str | Path | None = None,
 ) -> Path:
     """Copy a training checkpoint for distribution: weights only (no optimizer), at ``dtype``.
 
@@ -244,13 +260,19 @@ def export_checkpoint(
     ``ar_repeat_penalty`` > 0 a third (``valle.sampling.SamplingOptions.repeat_penalty``). Settings
     a source checkpoint already records are kept unless given again.
     ``parts`` keeps only those halves (an AR trained with ``--parts ar`` is exported without its
-    untrained NAR)."""
+    untrained NAR). ``nar_from`` takes the NAR from another checkpoint of the same architecture,
+    codec and symbols (an AR trained alone put beside a NAR that exists; its sha256 is recorded as
+    ``nar_from_sha256``)."""
     ckpt = load_checkpoint(src)
     parts = _check_parts(parts, str(dst))
+    if nar_from is not None:
+        _take_nar(ckpt, load_checkpoint(nar_from))
     require_parts(ckpt, *parts, what=f"exporting {'/'.join(parts).upper()}")
     # an export of an export names the training checkpoint the weights came from
     origin = ckpt.extra.get("exported_from_sha256", ckpt.weights_sha256)
     extra = {**ckpt.extra, "exported_from_sha256": origin, "export_dtype": str(dtype)}
+    if nar_from is not None:
+        extra["nar_from_sha256"] = ckpt.extra["nar_from_sha256"]
     if nar_min_confidence > 0:
         extra["nar"] = {"min_confidence": nar_min_confidence}
     if ar_greedy:

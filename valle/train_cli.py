@@ -177,6 +177,13 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
         "frame's code) as the checkpoint's AR decoding default",
     )
     p.add_argument(
+        "--nar-from",
+        type=Path,
+        default=None,
+        help="take the NAR from this checkpoint (same architecture, codec and symbols): an AR "
+        "trained alone (`--parts ar`) put beside a NAR that exists",
+    )
+    p.add_argument(
         "--parts",
         nargs="+",
         choices=("ar", "nar"),
@@ -196,6 +203,7 @@ def _run_export(args) -> int:
         tuple(args.parts),
         ar_greedy=args.ar_greedy,
         ar_repeat_penalty=args.ar_repeat_penalty,
+        nar_from=args.nar_from,
     )
     meta = read_config(out)
     size = (out / WEIGHTS).stat().st_size / 2**20
