@@ -271,8 +271,6 @@ def export_checkpoint(
     # an export of an export names the training checkpoint the weights came from
     origin = ckpt.extra.get("exported_from_sha256", ckpt.weights_sha256)
     extra = {**ckpt.extra, "exported_from_sha256": origin, "export_dtype": str(dtype)}
-    if nar_from is not None:
-        extra["nar_from_sha256"] = ckpt.extra["nar_from_sha256"]
     if nar_min_confidence > 0:
         extra["nar"] = {"min_confidence": nar_min_confidence}
     if ar_greedy:

@@ -166,8 +166,7 @@ def sample_tokens(
     logits = logits.float()
     if options.repeat_penalty and history.shape[1] > 0:
         previous = history[:, -1].to(logits.device)
-        has = previous >= 0
-        rows = has.nonzero().squeeze(1)
+        rows = (previous >= 0).nonzero().squeeze(1)  # -1: nothing generated yet
         logits = logits.clone()
         logits[rows, previous[rows]] -= options.repeat_penalty
     if options.greedy:
