@@ -27,7 +27,6 @@ the others make the voice print); their figures carry the prefix ``real_``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from collections import defaultdict
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from public_key import public_key
 from results_io import write_result
 from tqdm import tqdm
 
@@ -49,7 +49,6 @@ from valle.sampling import SamplingOptions
 from valle.synthesize import Generator
 from watermark import load_watermarker
 from watermark.base import WatermarkError
-from watermark.keys import WatermarkKey
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -191,9 +190,7 @@ def main() -> None:
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     # a public key, rebuilt from its seed: reruns repeat exactly (see the module docstring)
-    key = WatermarkKey(
-        f"demo-benchmark-{args.key_seed}", hashlib.sha256(f"demo-benchmark-{args.key_seed}".encode()).digest()
-    )
+    key = public_key(f"demo-benchmark-{args.key_seed}")
     gen = Generator(args.checkpoint, load_watermarker("keyed", key=key), key=key)
     asr = FasterWhisperASR()
     encoder = load_speaker_encoder(args.speaker)

@@ -14,11 +14,11 @@ transcript the mark changes, and the spread of the marked WERs over keys.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
+from public_key import public_key
 from results_io import write_result
 
 from evaluation.scorers.asr import FasterWhisperASR
@@ -26,14 +26,8 @@ from evaluation.scorers.wer import word_error_rate
 from valle.audio import load_audio
 from valle.manifest import read_manifest
 from watermark import load_watermarker
-from watermark.keys import WatermarkKey
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def benchmark_key(index: int) -> WatermarkKey:
-    name = f"watermark-asr-benchmark-{index}"
-    return WatermarkKey(name, hashlib.sha256(name.encode()).digest())
 
 
 def main() -> None:
@@ -45,13 +39,14 @@ def main() -> None:
     utts = read_manifest(args.data / "manifest.jsonl")
     asr = FasterWhisperASR()
     refs, plain, marked = [], [], {k: [] for k in range(args.keys)}
-    marks = {k: load_watermarker("keyed", key=benchmark_key(k)) for k in range(args.keys)}
+    keys = [public_key(f"watermark-asr-benchmark-{k}") for k in range(args.keys)]
+    marks = {k: load_watermarker("keyed", key=key) for k, key in enumerate(keys)}
     for u in utts:
         wav, sr = load_audio(u.audio)
         refs.append(u.text)
         plain.append(asr.transcribe(wav, sr).text)
         for k, mark in marks.items():
-            payload = benchmark_key(k).payload(u.id, "watermark-asr-benchmark", mark.payload_bits)
+            payload = keys[k].payload(u.id, "watermark-asr-benchmark", mark.payload_bits)
             marked[k].append(asr.transcribe(mark.embed(wav, sr, payload=payload), sr).text)
     figures: dict = {
         "n_clips": len(utts),
